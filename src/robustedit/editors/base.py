@@ -1,0 +1,108 @@
+"""What every editor shares: the Delta it returns, applying and restoring it, the registry.
+
+Compute, don't mutate (STYLE.md habit 1): ``Editor.edit`` returns a :class:`Delta` and leaves the
+model as it found it; :func:`apply_delta` changes the weights and returns a :class:`Backup` whose
+``restore`` puts the original bits back (a copy, not a subtraction, so it is exact).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+
+from robustedit.config import from_dict
+from robustedit.models.load import LanguageModel
+from robustedit.registry import Registry
+from robustedit.request import EditRequest
+
+
+@dataclass
+class Delta:
+    """Additive weight changes by parameter name: ``W ← W + weights[name]``."""
+
+    weights: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)  # editor, timing, diagnostics
+
+
+@dataclass
+class Backup:
+    """The original values of the parameters a delta touched."""
+
+    originals: dict[str, torch.Tensor]
+    model: torch.nn.Module
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        params = dict(self.model.named_parameters())
+        for name, original in self.originals.items():
+            params[name].copy_(original)
+
+
+@torch.no_grad()
+def apply_delta(lm: LanguageModel, delta: Delta) -> Backup:
+    params = dict(lm.model.named_parameters())
+    missing = [n for n in delta.weights if n not in params]
+    if missing:
+        raise KeyError(f"the delta names parameters this model does not have: {missing}")
+    backup = Backup({n: params[n].detach().clone() for n in delta.weights}, lm.model)
+    for name, d in delta.weights.items():
+        params[name].add_(d.to(params[name].dtype))
+    return backup
+
+
+@contextmanager
+def applied(lm: LanguageModel, delta: Delta) -> Iterator[None]:
+    """The model with ``delta`` applied inside the block, restored bit-exactly after."""
+    backup = apply_delta(lm, delta)
+    try:
+        yield
+    finally:
+        backup.restore()
+
+
+class Editor(abc.ABC):
+    """Computes a :class:`Delta` for a list of requests; never leaves the model changed."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+
+    def __init__(self, lm: LanguageModel, config: Any | None = None) -> None:
+        self.lm = lm
+        self.config = config if config is not None else self.config_cls()
+
+    @abc.abstractmethod
+    def edit(self, requests: list[EditRequest]) -> Delta: ...
+
+
+EDITORS: Registry[type[Editor]] = Registry("editor")
+
+
+def register_editor(cls: type[Editor]) -> type[Editor]:
+    EDITORS.register(cls.name, cls)
+    return cls
+
+
+class Stopwatch:
+    """Named wall-clock phases: ``with sw("key"): ...``; ``sw.times`` in seconds."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[f"{phase}_s"] = self.times.get(f"{phase}_s", 0.0) + time.perf_counter() - t0
+
+
+def build_editor(name: str, lm: LanguageModel, overrides: dict | None = None) -> Editor:
+    """An editor by registered name with its config built from defaults + overrides."""
+    cls = EDITORS.get(name)
+    return cls(lm, from_dict(cls.config_cls, overrides or {}))

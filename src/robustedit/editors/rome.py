@@ -1,0 +1,137 @@
+"""ROME: Rank-One Model Editing (Meng et al. 2022, "Locating and Editing Factual Associations in GPT").
+
+One MLP down-projection W (keys k → values v) is changed by a rank-one update so that the key of
+the subject, k*, maps to a value v* that makes the model state the new target (§3.1, eq. 2):
+
+    Ŵ = W + Λ (C⁻¹ k*)ᵀ,   Λ = (v* − W k*) / ((C⁻¹ k*)ᵀ k*)
+
+where C = E[k kᵀ] over Wikipedia text (``robustedit.stats``). With the same k* in both places
+Ŵ k* = v* holds exactly. The reference code uses, in Λ, the key of the bare prompt instead of the
+context-averaged k* used for u; Gupta et al. 2024 ("Rebuilding ROME", r-ROME) show this mismatch
+causes model collapse and fix it by using k* in both. ``update_key="averaged"`` (default) is the
+fix; ``update_key="prompt"`` reproduces the reference behaviour.
+
+Several requests are edited one after another, each on the model already carrying the previous
+ones (as the reference ``apply_rome_to_model``); the returned delta is their sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from robustedit.editors.base import Delta, Editor, Stopwatch, apply_delta, register_editor
+from robustedit.editors.context import generate_context_templates
+from robustedit.editors.keys import subject_keys
+from robustedit.editors.values import ValueConfig, optimize_value
+from robustedit.request import EditRequest
+from robustedit.stats.covariance import StatsConfig, second_moment
+
+
+@dataclass(frozen=True)
+class ROMEConfig:
+    layer: int = field(default=4, metadata={"help": "edited layer (its MLP down-projection)"})
+    v_num_grad_steps: int = field(default=25, metadata={"help": "Adam steps for the value δ"})
+    v_lr: float = field(default=0.5, metadata={"help": "Adam learning rate for δ"})
+    v_weight_decay: float = field(default=1e-3, metadata={"help": "weight of ‖δ‖/‖v₀‖² in the loss"})
+    clamp_norm_factor: float = field(default=4.0, metadata={"help": "‖δ‖ ≤ factor·‖v₀‖"})
+    kl_factor: float = field(default=0.0625, metadata={"help": "weight of the KL essence term"})
+    early_stop_loss: float = field(default=5e-2, metadata={"help": "stop optimising δ below this loss"})
+    kl_prompts: tuple[str, ...] = field(default=("{} is a",), metadata={"help": "prompts whose next-token distribution is kept"})
+    context_template_length_params: tuple[tuple[int, int], ...] = field(
+        default=((5, 10), (10, 10)), metadata={"help": "[[new tokens, count], ...] of generated prefixes"})
+    context_seed: int = field(default=0, metadata={"help": "seed for sampling the prefixes"})
+    update_key: str = field(default="averaged", metadata={"help": "'averaged' (r-ROME fix) or 'prompt' (reference ROME)"})
+    stats: StatsConfig = field(default_factory=StatsConfig, metadata={"help": "key statistics C"})
+
+    def __post_init__(self) -> None:
+        if self.update_key not in ("averaged", "prompt"):
+            raise ValueError(f"update_key must be 'averaged' or 'prompt', not {self.update_key!r}")
+        if self.v_num_grad_steps < 1 or self.v_lr <= 0 or self.clamp_norm_factor <= 0:
+            raise ValueError("v_num_grad_steps >= 1, v_lr > 0 and clamp_norm_factor > 0 are required")
+
+    @property
+    def value(self) -> ValueConfig:
+        return ValueConfig(self.v_num_grad_steps, self.v_lr, self.v_weight_decay, self.clamp_norm_factor,
+                           self.kl_factor, self.early_stop_loss, tuple(self.kl_prompts))
+
+
+def rank_one_update(W_apply, C: torch.Tensor, k_star: torch.Tensor, k_update: torch.Tensor, v_star: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factors (Λ (d_out,), u (d_in,)) of ΔW = Λ uᵀ, solved in float64.
+
+    ``W_apply(k)`` is the layer's original output for key k (bias included); u = C⁻¹k*/‖C⁻¹k*‖ and
+    Λ = (v* − W k_update)/(uᵀ k_update), so that (W + Λuᵀ) k_update = v*.
+    """
+    u = torch.linalg.solve(C.to(torch.float64), k_star.to(torch.float64))  # (d_in,)
+    u = u / u.norm()
+    residual = v_star.to(torch.float64) - W_apply(k_update).to(torch.float64)  # (d_out,)
+    lam = residual / torch.dot(u, k_update.to(torch.float64))
+    return lam, u
+
+
+@register_editor
+class ROME(Editor):
+    name = "rome"
+    config_cls = ROMEConfig
+
+    def __init__(self, lm, config=None) -> None:
+        super().__init__(lm, config)
+        lm.check_layer(self.config.layer)
+        self._templates: list[str] | None = None
+
+    def context_templates(self) -> list[str]:
+        if self._templates is None:  # generated once per editor: the same for every request
+            cfg = self.config
+            self._templates = generate_context_templates(self.lm, cfg.context_template_length_params, cfg.context_seed)
+        return self._templates
+
+    def covariance(self) -> torch.Tensor:
+        return second_moment(self.lm, self.config.layer, self.config.stats)
+
+    def edit(self, requests: list[EditRequest]) -> Delta:
+        if not requests:
+            raise ValueError("no requests to edit")
+        total: dict[str, torch.Tensor] = {}
+        infos, backups = [], []
+        try:
+            for request in requests:
+                delta = self._edit_one(request)
+                infos.append(delta.info)
+                for name, d in delta.weights.items():
+                    total[name] = total[name] + d if name in total else d
+                if len(requests) > 1:
+                    backups.append(apply_delta(self.lm, delta))
+        finally:
+            for backup in reversed(backups):
+                backup.restore()
+        info = infos[0] if len(infos) == 1 else {"editor": self.name, "requests": infos}
+        return Delta(total, info)
+
+    def _edit_one(self, request: EditRequest) -> Delta:
+        cfg, lm, sw = self.config, self.lm, Stopwatch()
+        module = lm.down_proj(cfg.layer)
+        with sw("context"):
+            contexts = self.context_templates()
+        with sw("stats"):
+            C = self.covariance()
+        with sw("key"):
+            templates = [c.format(request.prompt) for c in contexts]
+            keys = subject_keys(lm, cfg.layer, templates, request.subject)  # (N, d_in)
+            k_star = keys.mean(0)
+            k_update = k_star if cfg.update_key == "averaged" else keys[0]  # contexts[0] is "{}"
+        with sw("value"):
+            value = optimize_value(lm, cfg.layer, request, templates, cfg.value)
+        with sw("update"), torch.no_grad():
+            lam, u = rank_one_update(lambda k: module(k[None].to(lm.dtype))[0], C, k_star, k_update, value.target)
+            dW = torch.outer(u, lam) if lm.spec.weight_is_in_out else torch.outer(lam, u)
+        info = {
+            "editor": self.name,
+            "layer": cfg.layer,
+            "value_steps": value.steps,
+            "value_loss": value.losses[-1],
+            "delta_norm": float(value.delta.norm()),
+            "v0_norm": float(value.target_init.norm()),
+            "timing": sw.times,
+        }
+        return Delta({lm.down_proj_weight_name(cfg.layer): dW.to(module.weight.dtype)}, info)

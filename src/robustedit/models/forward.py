@@ -1,0 +1,27 @@
+"""Logits only where they are needed: the LM head is applied to chosen positions.
+
+The head of a small model is a large share of its compute (SmolLM2: 49152×576, ~22% of a forward
+pass), and editors and scoring need next-token distributions at a handful of positions only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from robustedit.models.load import LanguageModel
+from robustedit.models.text import Batch
+
+
+def hidden_states(lm: LanguageModel, batch: Batch) -> torch.Tensor:
+    """Final (normed) hidden states ``(B, T, d)`` of the base model."""
+    out = lm.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def logits_at(lm: LanguageModel, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Next-token logits ``(N, V)`` at positions ``(rows[n], cols[n])`` of ``hidden``."""
+    logits = lm.lm_head(hidden[rows, cols])
+    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    if cap:  # Gemma 2/3 squash logits in the causal-LM wrapper, which we bypass
+        logits = torch.tanh(logits / cap) * cap
+    return logits

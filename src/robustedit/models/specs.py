@@ -1,0 +1,90 @@
+"""The architecture table (STYLE.md habit 2): where each part of a causal LM lives, per ``model_type``.
+
+Editors never name ``model.layers[5].mlp.down_proj``; they ask the spec. Adding an architecture
+is one entry here. Paths are attribute paths relative to the ``*ForCausalLM`` module; ``{}`` in a
+per-layer path is the layer index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from robustedit.errors import UserError
+from robustedit.registry import Registry
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Where the parts an editor touches live in one architecture.
+
+    ``down_proj`` is the MLP's output projection W_out: its *input* is the key k (the MLP's
+    hidden activations) and its output the value v written into the residual stream.
+    ``weight_is_in_out`` is True for GPT-2's ``Conv1D``, whose weight is stored (in, out) instead
+    of ``nn.Linear``'s (out, in).
+    """
+
+    layers: str
+    down_proj: str
+    embeddings: str
+    final_norm: str
+    lm_head: str
+    base: str
+    weight_is_in_out: bool = False
+
+    def layer_path(self, i: int) -> str:
+        return f"{self.layers}.{i}"
+
+    def down_proj_path(self, i: int) -> str:
+        return f"{self.layers}.{i}.{self.down_proj}"
+
+
+ARCHITECTURES: Registry[ArchSpec] = Registry("model architecture (model_type)")
+
+_LLAMA_LIKE = ArchSpec(
+    layers="model.layers",
+    down_proj="mlp.down_proj",
+    embeddings="model.embed_tokens",
+    final_norm="model.norm",
+    lm_head="lm_head",
+    base="model",
+)
+for _name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2"):
+    ARCHITECTURES.register(_name, _LLAMA_LIKE)
+
+_GPT2_LIKE = dict(layers="transformer.h", embeddings="transformer.wte", final_norm="transformer.ln_f",
+                  lm_head="lm_head", base="transformer")
+ARCHITECTURES.register("gpt2", ArchSpec(down_proj="mlp.c_proj", weight_is_in_out=True, **_GPT2_LIKE))
+ARCHITECTURES.register("gptj", ArchSpec(down_proj="mlp.fc_out", **_GPT2_LIKE))
+ARCHITECTURES.register(
+    "gpt_neox",
+    ArchSpec(
+        layers="gpt_neox.layers",
+        down_proj="mlp.dense_4h_to_h",
+        embeddings="gpt_neox.embed_in",
+        final_norm="gpt_neox.final_layer_norm",
+        lm_head="embed_out",
+        base="gpt_neox",
+    ),
+)
+# Gemma 3 checkpoints with a vision tower report "gemma3"; their text model sits one level down.
+ARCHITECTURES.register(
+    "gemma3",
+    ArchSpec(
+        layers="model.language_model.layers",
+        down_proj="mlp.down_proj",
+        embeddings="model.language_model.embed_tokens",
+        final_norm="model.language_model.norm",
+        lm_head="lm_head",
+        base="model.language_model",
+    ),
+)
+
+
+def spec_for(model_type: str) -> ArchSpec:
+    """The spec of a ``config.model_type``; unknown types get a one-line error listing the known."""
+    if model_type not in ARCHITECTURES:
+        raise UserError(
+            f"architecture {model_type!r} is not in robustedit's table; supported: "
+            f"{', '.join(ARCHITECTURES.names())} (add an entry in robustedit/models/specs.py)"
+        )
+    return ARCHITECTURES.get(model_type)
