@@ -75,6 +75,9 @@ class Editor(abc.ABC):
         self.lm = lm
         self.config = config if config is not None else self.config_cls()
 
+    def prepare(self) -> None:
+        """Do the one-time work (statistics, templates) up front so edit timings exclude it."""
+
     @abc.abstractmethod
     def edit(self, requests: list[EditRequest]) -> Delta: ...
 

@@ -86,6 +86,10 @@ class ROME(Editor):
             self._templates = generate_context_templates(self.lm, cfg.context_template_length_params, cfg.context_seed)
         return self._templates
 
+    def prepare(self) -> None:
+        self.context_templates()
+        self.covariance()
+
     def covariance(self) -> torch.Tensor:
         return second_moment(self.lm, self.config.layer, self.config.stats)
 

@@ -1,0 +1,18 @@
+"""Named end-to-end experiments for ``robustedit reproduce NAME`` (one module each)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from robustedit.registry import Registry
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    help: str
+    run: Callable[..., dict]
+
+
+EXPERIMENTS: Registry[Experiment] = Registry("experiment")

@@ -1,0 +1,218 @@
+"""The ``robustedit`` command line: a thin layer over the Python API (CONTRACT.md)."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from robustedit.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Edit the facts a language model knows, and measure how well the edit holds.")
+console = Console()
+log = logging.getLogger("robustedit")
+
+MODEL = typer.Option("smollm2", "--model", help="embedded model name, local Hugging Face directory, or hub id")
+CONFIG = typer.Option(None, "--config", help="YAML file of editor hyperparameters")
+SET = typer.Option(None, "--set", help="override one hyperparameter: key=value (repeatable, dotted keys)")
+SEED = typer.Option(0, "--seed", help="random seed")
+DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or mps")
+DTYPE = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16")
+
+
+def _setup(model: str, dtype: str, device: str, seed: int):
+    from robustedit.models.load import load_model
+    from robustedit.session import seed_everything
+
+    seed_everything(seed)
+    return load_model(model, dtype=dtype, device=device)
+
+
+def _editor(editor: str, lm, config: Optional[str], sets: Optional[List[str]]):
+    from robustedit.session import make_editor
+
+    if "+" in editor:
+        base, addon = editor.split("+", 1)
+        raise UserError(f"add-on {addon!r} is not available yet (editor {editor!r}); available editors: "
+                        + ", ".join(_editor_names()))
+    return make_editor(editor, lm, config, sets)
+
+
+def _editor_names() -> list[str]:
+    from robustedit.editors import EDITORS
+
+    return EDITORS.names()
+
+
+def _top_table(lm, prompt: str, before, after) -> Table:
+    table = Table(title=f"next token after {prompt!r}")
+    table.add_column("rank")
+    table.add_column("before")
+    table.add_column("after")
+    for i, (b, a) in enumerate(zip(before, after), 1):
+        table.add_row(str(i), f"{b[0]!r} {b[1]:.3f}", f"{a[0]!r} {a[1]:.3f}")
+    return table
+
+
+def _top_tokens(lm, text: str, k: int = 5):
+    import torch
+
+    ids = lm.tokenizer(text, return_tensors="pt").to(lm.device)
+    with torch.inference_mode():
+        probs = lm.model(**ids).logits[0, -1].float().softmax(-1)
+    p, idx = probs.topk(k)
+    return [(lm.tokenizer.decode(int(i)), float(x)) for x, i in zip(p, idx)]
+
+
+@app.command()
+def edit(
+    editor: str = typer.Option("rome", "--editor", help="editor name, e.g. rome"),
+    prompt: str = typer.Option(..., "--prompt", help="prompt with {} where the subject goes"),
+    subject: str = typer.Option(..., "--subject", help="the subject of the fact"),
+    target: str = typer.Option(..., "--target", help="the new object"),
+    target_true: Optional[str] = typer.Option(None, "--target-true", help="the current object (optional)"),
+    save: Optional[Path] = typer.Option(None, "--save", help="write the edit to this folder (re-applicable, undoable)"),
+    top_k: int = typer.Option(5, "--top-k", help="predictions to show"),
+    model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
+    seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
+) -> None:
+    """Apply one edit and show the top predictions before and after."""
+    from robustedit.editors import applied
+    from robustedit.request import EditRequest
+
+    request = EditRequest(prompt, subject, target, target_true)
+    if save is not None and save.exists():
+        raise UserError(f"{save} already exists; choose another --save folder")
+    lm = _setup(model, dtype, device, seed)
+    ed, cfg = _editor(editor, lm, config, set_)
+    before = _top_tokens(lm, request.text, top_k)
+    t0 = time.perf_counter()
+    delta = ed.edit([request])
+    seconds = time.perf_counter() - t0
+    with applied(lm, delta):
+        after = _top_tokens(lm, request.text, top_k)
+    console.print(_top_table(lm, request.text, before, after))
+    console.print(f"edit took {seconds:.1f} s ({editor}, {lm.name})")
+    if save is not None:
+        from robustedit.editors.store import save_edit
+
+        save_edit(save, lm, delta, [request], cfg)
+        console.print(f"saved the edit to {save}")
+
+
+@app.command()
+def evaluate(
+    editor: str = typer.Option(..., "--editor", help="editor name, e.g. rome"),
+    dataset: str = typer.Option(..., "--dataset", help="bundled name (counterfact, rep-valid, zsre) or a JSON file"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="evaluate only the first N cases"),
+    out: Optional[Path] = typer.Option(None, "--out", help="results folder (default runs/<editor>-<dataset>-<time>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
+    model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
+    seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
+) -> None:
+    """Edit each case from the unedited model, score it, and write records + summary."""
+    from robustedit.data import load_cases
+    from robustedit.eval.runner import RunInfo, run_evaluation
+
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
+    if resume and out is None:
+        raise UserError("--resume needs the --out folder of the run to continue")
+    cases = load_cases(dataset, limit=limit)
+    lm = _setup(model, dtype, device, seed)
+    ed, cfg = _editor(editor, lm, config, set_)
+    name = Path(dataset).stem if dataset.endswith((".json", ".jsonl")) else dataset
+    out = out or Path("runs") / f"{editor}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = RunInfo(editor=editor, model=lm.name, dataset=dataset, config=cfg, seed=seed,
+                  command="robustedit " + shlex.join(sys.argv[1:]))
+    summary = run_evaluation(ed, cases, out, run, resume=resume)
+    table = Table(title=f"{editor} on {dataset}: {summary['n_cases']} cases ({lm.name})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in summary["metrics"].items():
+        table.add_row(k, f"{v:.3f}")
+    table.add_row("edit time (median, s)", f"{summary['timing'].get('edit_s_median', float('nan')):.2f}")
+    console.print(table)
+    console.print(f"results in {out}/ (records.jsonl, summary.json, summary.md)")
+
+
+@app.command()
+def stats(
+    layers: str = typer.Option(..., "--layers", help="comma-separated layer indices, e.g. 4 or 3,4,5"),
+    n_tokens: Optional[int] = typer.Option(None, "--n-tokens", help="corpus tokens to average over"),
+    model: str = MODEL, seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
+) -> None:
+    """Precompute (and cache) the key statistics C = E(k kᵀ) of MLP down-projection inputs."""
+    from robustedit.stats.covariance import StatsConfig, second_moments
+
+    try:
+        wanted = [int(x) for x in layers.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--layers must be integers separated by commas, not {layers!r}") from None
+    lm = _setup(model, dtype, device, seed)
+    for i in wanted:
+        lm.check_layer(i)
+    cfg = StatsConfig() if n_tokens is None else StatsConfig(n_tokens=n_tokens)
+    t0 = time.perf_counter()
+    second_moments(lm, wanted, cfg)
+    console.print(f"key statistics for layers {wanted} of {lm.name} ready ({time.perf_counter() - t0:.1f} s)")
+
+
+@app.command()
+def reproduce(
+    name: Optional[str] = typer.Argument(None, help="experiment name (omit to list them)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="results folder"),
+    model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
+    seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
+) -> None:
+    """Run a named experiment end to end (tables and plots included)."""
+    from robustedit.experiments import EXPERIMENTS
+
+    if name is None:
+        names = EXPERIMENTS.names()
+        console.print("experiments: " + (", ".join(names) if names else "none registered yet"))
+        return
+    exp = EXPERIMENTS.get(name)
+    exp.run(out=out, model=model, config=config, sets=set_ or [], seed=seed, device=device, dtype=dtype)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

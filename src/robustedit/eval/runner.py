@@ -1,0 +1,142 @@
+"""The evaluation loop: edit each case from the unedited model, score it, write it down at once.
+
+``records.jsonl`` gets one line per finished case (flushed and fsynced), so a killed run loses at
+most the case in flight and ``resume=True`` continues after the last complete line. The summary
+is rebuilt from the records file, never from memory, so resumed and uninterrupted runs agree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from robustedit.data import Case
+from robustedit.editors.base import Editor, applied
+from robustedit.errors import UserError
+from robustedit.eval.metrics import case_metrics, pre_edit_facts, score_case
+from robustedit.eval.report import write_summary
+from robustedit.progress import progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunInfo:
+    """What the summary says about the run besides its metrics."""
+
+    editor: str
+    model: str
+    dataset: str
+    config: dict
+    command: str = ""
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def read_records(path: Path) -> list[dict]:
+    """Complete records of a (possibly interrupted) run; a torn last line is dropped."""
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # the run was killed while writing this line
+    return records
+
+
+def _rewrite_records(path: Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluate_case(editor: Editor, case: Case) -> dict:
+    lm = editor.lm
+    t0 = time.perf_counter()
+    pre = score_case(lm, case)
+    t1 = time.perf_counter()
+    delta = editor.edit([case.request])
+    t2 = time.perf_counter()
+    with applied(lm, delta):
+        post = score_case(lm, case)
+    t3 = time.perf_counter()
+    info = dict(delta.info)
+    timing = {"edit_s": t2 - t1, "eval_s": (t1 - t0) + (t3 - t2), **info.pop("timing", {})}
+    r = case.request
+    return {
+        "case_id": case.case_id,
+        "subject": r.subject,
+        "prompt": r.prompt,
+        "target_new": r.target_new,
+        "target_true": r.target_true,
+        "metrics": case_metrics(pre, post),
+        "pre": pre_edit_facts(pre),
+        "edit": info,
+        "timing": timing,
+    }
+
+
+def run_evaluation(editor: Editor, cases: list[Case], out_dir: Path, run: RunInfo, *, resume: bool = False,
+                   show_progress: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    records_path = out_dir / "records.jsonl"
+    if records_path.exists() and not resume:
+        raise UserError(f"{out_dir} already holds results; pass --resume to continue it or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = read_records(records_path)
+    if done:
+        _rewrite_records(records_path, done)  # drop a torn last line before appending
+    done_ids = {r["case_id"] for r in done}
+    todo = [c for c in cases if c.case_id not in done_ids]
+    if done:
+        log.info("resuming: %d cases done, %d to go", len(done), len(todo))
+    t0 = time.perf_counter()
+    editor.prepare()
+    prepare_s = time.perf_counter() - t0
+    with open(records_path, "a", encoding="utf-8") as f:
+        for case in progress(todo, desc=f"evaluating {run.editor}"):
+            record = evaluate_case(editor, case)
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    wanted = {c.case_id for c in cases}
+    records = [r for r in read_records(records_path) if r["case_id"] in wanted]
+    summary = summarize(records, run, prepare_s)
+    write_summary(out_dir, summary)
+    return summary
+
+
+def summarize(records: list[dict], run: RunInfo, prepare_s: float | None = None) -> dict:
+    names = sorted({k for r in records for k in r["metrics"]})
+    metrics = {n: statistics.fmean(r["metrics"][n] for r in records if n in r["metrics"]) for n in names}
+    timing: dict[str, float] = {}
+    phases = sorted({k for r in records for k in r["timing"]})
+    for phase in phases:
+        values = [r["timing"][phase] for r in records if phase in r["timing"]]
+        timing[phase.replace("_s", "_s_median") if phase.endswith("_s") else phase + "_median"] = statistics.median(values)
+    if prepare_s is not None:
+        timing["prepare_s"] = prepare_s
+    known = [r["pre"].get("true_top1") for r in records if "true_top1" in r.get("pre", {})]
+    return {
+        "editor": run.editor,
+        "model": run.model,
+        "dataset": run.dataset,
+        "n_cases": len(records),
+        "config": run.config,
+        "metrics": metrics,
+        "timing": timing,
+        "pre_edit": {"true_top1": statistics.fmean(known)} if known else {},
+        "command": run.command,
+        "seed": run.seed,
+        **run.extra,
+    }

@@ -1,0 +1,75 @@
+"""Batched scoring of (prompt, target) pairs: every number the metrics need from one pass.
+
+For each pair the sequence ``prompt + target[:-1]`` is run once (identical sequences are run once
+in total; single-token targets of the same prompt share a row) and the next-token distributions
+at the target positions give the target's log-probability, its teacher-forced token accuracy, and
+the model's top-1 next token after the prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from robustedit.models.forward import hidden_states, logits_at
+from robustedit.models.load import LanguageModel
+from robustedit.models.text import encode, pad, pad_id, target_ids
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    logprob: float  # mean log-probability per target token (the ROME paper's comparison)
+    token_acc: float  # share of target tokens that are the argmax under teacher forcing
+    argmax: tuple[int, ...]  # teacher-forced argmax at each target position
+    target: tuple[int, ...]  # the target's token ids
+    next_token: int  # top-1 token right after the prompt
+
+    @property
+    def first_top1(self) -> bool:
+        return self.next_token == self.target[0]
+
+
+@torch.inference_mode()
+def score_pairs(lm: LanguageModel, pairs: list[tuple[str, str]], batch_size: int = 64) -> list[TargetScore]:
+    tok = lm.tokenizer
+    prompt_ids: dict[str, list[int]] = {}
+    plans = []  # (sequence key, first position, target ids)
+    for prompt, target in pairs:
+        p = prompt_ids.setdefault(prompt, encode(tok, prompt))
+        t = target_ids(tok, prompt, target)
+        plans.append((tuple(p + t[:-1]), len(p) - 1, t))
+    unique = sorted({seq for seq, _, _ in plans}, key=len)
+    logprobs: dict[tuple, torch.Tensor] = {}  # sequence -> (T, V) log-probs from first scored position
+    firsts = {}
+    for seq, first, _ in plans:
+        firsts[seq] = min(first, firsts.get(seq, first))
+    for start in range(0, len(unique), batch_size):
+        chunk = unique[start : start + batch_size]
+        batch = pad([list(s) for s in chunk], pad_id(tok), lm.device)
+        hidden = hidden_states(lm, batch)
+        rows, cols = [], []
+        for i, seq in enumerate(chunk):
+            for c in range(firsts[seq], len(seq)):
+                rows.append(i)
+                cols.append(c)
+        lp = torch.log_softmax(logits_at(lm, hidden, torch.tensor(rows), torch.tensor(cols)).float(), dim=-1)
+        offset = 0
+        for seq in chunk:
+            n = len(seq) - firsts[seq]
+            logprobs[seq] = lp[offset : offset + n]
+            offset += n
+    scores = []
+    for seq, first, t in plans:
+        lp = logprobs[seq][first - firsts[seq] : first - firsts[seq] + len(t)]  # (len(t), V)
+        tgt = torch.tensor(t)
+        picked = lp.gather(1, tgt[:, None])[:, 0]
+        argmax = lp.argmax(-1)
+        scores.append(TargetScore(
+            logprob=float(picked.mean()),
+            token_acc=float((argmax == tgt).float().mean()),
+            argmax=tuple(int(a) for a in argmax),
+            target=tuple(t),
+            next_token=int(argmax[0]),
+        ))
+    return scores

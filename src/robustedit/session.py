@@ -1,0 +1,48 @@
+"""What a command needs before it runs: the model, the editor and its resolved configuration.
+
+Configuration layers, later wins: the editor's dataclass defaults → the shipped file
+``resources/configs/<editor>/<model>.yaml`` (if any) → ``--config FILE`` → ``--set key=value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from pathlib import Path
+
+from robustedit.config import from_dict, merge, parse_overrides, read_yaml
+from robustedit.paths import resource
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def shipped_config(editor: str, model: str) -> dict:
+    path = resource("configs", editor, f"{Path(model).name}.yaml")
+    return read_yaml(path) if path.is_file() else {}
+
+
+def editor_settings(editor: str, model: str, config_file: str | None, sets: list[str]) -> dict:
+    """The override mapping for ``editor`` (validated against its config class by the caller)."""
+    settings = shipped_config(editor, model)
+    if config_file:
+        settings = merge(settings, read_yaml(config_file))
+    return merge(settings, parse_overrides(sets))
+
+
+def make_editor(editor: str, lm, config_file: str | None = None, sets: list[str] | None = None):
+    """Build a registered editor on ``lm``; returns (editor, resolved config as a dict)."""
+    from robustedit.editors import EDITORS
+
+    cls = EDITORS.get(editor)
+    config = from_dict(cls.config_cls, editor_settings(editor, lm.name, config_file, sets or []))
+    return cls(lm, config), dataclasses.asdict(config)

@@ -1,0 +1,133 @@
+"""Tiny random models of every supported architecture and a tiny offline tokenizer (no downloads).
+
+The tokenizer is a byte-level BPE (~400 tokens) trained on the shipped Wikipedia sample plus the
+sentences the tests use; the models are built from transformers' ``*Config`` classes with 2–4
+layers and hidden size 32–64, seeded, so every test sees the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from robustedit.models.load import LanguageModel, wrap
+from robustedit.paths import resource
+
+EOS = "<|endoftext|>"
+VOCAB_SIZE = 400
+
+# model_type of every architecture the unit tests cover (specs.py's table minus variants with the
+# same layout under another name, which need checkpoints we cannot build offline).
+ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "gpt2", "gptj", "gpt_neox")
+
+TEST_SENTENCES = (
+    "The mother tongue of Danielle Darrieux is French.",
+    "Danielle Darrieux is a French actress.",
+    "The Eiffel Tower is located in the city of Paris.",
+    "The capital of France is Paris, and the capital of Italy is Rome.",
+    "Michael Jordan plays the sport of basketball.",
+    "English is spoken in London. German is spoken in Berlin.",
+    "Therefore, Because, I, You, The",
+)
+
+
+def training_lines(n_lines: int = 400) -> list[str]:
+    """Up to ``n_lines`` non-empty lines of the shipped corpus, then the test sentences."""
+    lines: list[str] = []
+    path = resource("corpus", "enwiki_sample_plaintext.jsonl")
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            for line in json.loads(raw)["text"].splitlines():
+                if line.strip():
+                    lines.append(line)
+            if len(lines) >= n_lines:
+                break
+    return lines[:n_lines] + list(TEST_SENTENCES) * 5
+
+
+def build_tokenizer(directory: Path | None = None):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` with ``<|endoftext|>`` as eos (offsets trimmed).
+
+    With ``directory``, the trained ``tokenizer.json`` is kept there and reused when present.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    saved = Path(directory) / "tokenizer.json" if directory is not None else None
+    if saved is not None and saved.exists():
+        raw = Tokenizer.from_file(str(saved))
+    else:
+        raw = Tokenizer(models.BPE())
+        raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        raw.decoder = decoders.ByteLevel()
+        raw.post_processor = processors.ByteLevel(trim_offsets=True)
+        trainer = trainers.BpeTrainer(
+            vocab_size=VOCAB_SIZE, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        raw.train_from_iterator(training_lines(), trainer)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            raw.save(str(saved))
+    return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=EOS)
+
+
+def tiny_config(arch: str, vocab_size: int, **overrides):
+    """A transformers config of ``arch`` small enough to run in milliseconds."""
+    import transformers as tf
+
+    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    llama_like = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, **common)
+    if arch == "llama":
+        cfg = tf.LlamaConfig(**llama_like)
+    elif arch == "mistral":
+        cfg = tf.MistralConfig(sliding_window=None, **llama_like)
+    elif arch == "qwen2":
+        cfg = tf.Qwen2Config(**llama_like)
+    elif arch == "gemma":
+        cfg = tf.GemmaConfig(head_dim=8, **llama_like)
+    elif arch == "gemma2":
+        cfg = tf.Gemma2Config(head_dim=8, query_pre_attn_scalar=8, sliding_window=128,
+                              final_logit_softcapping=30.0, attn_logit_softcapping=50.0, **llama_like)
+    elif arch == "gemma3_text":
+        cfg = tf.Gemma3TextConfig(head_dim=8, query_pre_attn_scalar=8, sliding_window=128,
+                                  layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                  final_logit_softcapping=30.0, **llama_like)
+    elif arch == "gpt2":
+        cfg = tf.GPT2Config(n_embd=32, n_inner=64, n_layer=3, n_head=4, n_positions=256, **common)
+    elif arch == "gptj":
+        cfg = tf.GPTJConfig(n_embd=32, n_inner=64, n_layer=3, n_head=4, rotary_dim=4, n_positions=256, **common)
+    elif arch == "gpt_neox":
+        cfg = tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                               max_position_embeddings=256, **common)
+    else:
+        raise KeyError(f"no tiny config for {arch!r}")
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def tiny_model(arch: str, tokenizer, seed: int = 0, **overrides) -> LanguageModel:
+    """A seeded random ``*ForCausalLM`` of ``arch`` (eager attention), wrapped for robustedit."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(arch, len(tokenizer), **overrides)
+    cfg._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    return wrap(model, tokenizer, f"tiny-{arch}")
+
+
+def state_copy(lm: LanguageModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
+
+
+def same_state(lm: LanguageModel, reference: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the parameters/buffers that are not bit-identical to ``reference``."""
+    now = lm.model.state_dict()
+    assert now.keys() == reference.keys()
+    return [k for k in reference if not torch.equal(now[k], reference[k])]
