@@ -12,10 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "unit"))  # the `tiny` helpers, shared with the test files
 
 import tiny  # noqa: E402
+
+from robustedit.models.load import weights_fingerprint  # noqa: E402
 
 os.environ["ROBUSTEDIT_QUIET"] = "1"
 
@@ -26,10 +29,20 @@ def session_cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(request, session_cache_dir, monkeypatch):
-    if request.node.get_closest_marker("integration") is None:
-        monkeypatch.setenv("ROBUSTEDIT_CACHE", str(session_cache_dir))
+def _test_environment(request, session_cache_dir, monkeypatch):
     monkeypatch.setenv("ROBUSTEDIT_QUIET", "1")
+    if request.node.get_closest_marker("integration") is not None:
+        yield
+        return
+    monkeypatch.setenv("ROBUSTEDIT_CACHE", str(session_cache_dir))
+    # Tiny models gain nothing from threads, and on a busy machine every matmul then waits for a
+    # second core (~16 ms instead of ~10 µs for a 25×32 @ 32×64 product).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +65,10 @@ def tiny_lm_factory(tokenizer):
             built[arch] = tiny.tiny_model(arch, tokenizer)
         return built[arch]
 
-    return make
+    yield make
+    # A test that left an edit applied would silently change every later test's model.
+    changed = [a for a, lm in built.items() if weights_fingerprint(lm.model) != lm.fingerprint]
+    assert not changed, f"a test left the shared tiny models changed: {changed}"
 
 
 @pytest.fixture(params=tiny.ARCHITECTURES)

@@ -36,20 +36,17 @@ def _setup(model: str, dtype: str, device: str, seed: int):
     return load_model(model, dtype=dtype, device=device)
 
 
-def _editor(editor: str, lm, config: Optional[str], sets: Optional[List[str]]):
-    from robustedit.session import make_editor
+def _resolve(editor: str, model: str, config: Optional[str], sets: Optional[List[str]]):
+    """Editor class + validated config, checked before the (slow) model load."""
+    from robustedit.session import resolve_editor
 
-    if "+" in editor:
-        base, addon = editor.split("+", 1)
-        raise UserError(f"add-on {addon!r} is not available yet (editor {editor!r}); available editors: "
-                        + ", ".join(_editor_names()))
-    return make_editor(editor, lm, config, sets)
+    return resolve_editor(editor, model, config, sets)
 
 
-def _editor_names() -> list[str]:
-    from robustedit.editors import EDITORS
+def _build(cls, config, lm):
+    import dataclasses
 
-    return EDITORS.names()
+    return cls(lm, config), dataclasses.asdict(config)
 
 
 def _top_table(lm, prompt: str, before, after) -> Table:
@@ -91,8 +88,9 @@ def edit(
     request = EditRequest(prompt, subject, target, target_true)
     if save is not None and save.exists():
         raise UserError(f"{save} already exists; choose another --save folder")
+    cls, econfig = _resolve(editor, model, config, set_)
     lm = _setup(model, dtype, device, seed)
-    ed, cfg = _editor(editor, lm, config, set_)
+    ed, cfg = _build(cls, econfig, lm)
     before = _top_tokens(lm, request.text, top_k)
     t0 = time.perf_counter()
     delta = ed.edit([request])
@@ -126,11 +124,14 @@ def evaluate(
         raise UserError("--limit must be at least 1")
     if resume and out is None:
         raise UserError("--resume needs the --out folder of the run to continue")
+    if out is not None and (out / "records.jsonl").exists() and not resume:
+        raise UserError(f"{out} already holds results; pass --resume to continue it or choose another --out")
     cases = load_cases(dataset, limit=limit)
-    lm = _setup(model, dtype, device, seed)
-    ed, cfg = _editor(editor, lm, config, set_)
+    cls, econfig = _resolve(editor, model, config, set_)
     name = Path(dataset).stem if dataset.endswith((".json", ".jsonl")) else dataset
     out = out or Path("runs") / f"{editor}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    lm = _setup(model, dtype, device, seed)
+    ed, cfg = _build(cls, econfig, lm)
     run = RunInfo(editor=editor, model=lm.name, dataset=dataset, config=cfg, seed=seed,
                   command="robustedit " + shlex.join(sys.argv[1:]))
     summary = run_evaluation(ed, cases, out, run, resume=resume)
@@ -205,14 +206,27 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+    except Exception as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `robustedit`: show the help
+            app(["--help"], standalone_mode=False)
+            sys.exit(0)
+        if _is_usage_error(e):  # click (or typer's bundled click) usage mistakes: one line
+            print(f"error: {e.format_message()}", file=sys.stderr)
+            sys.exit(2)
         raise
 
+
+def _is_usage_error(e: Exception) -> bool:
+    import click
+
+    kinds = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        kinds.append(TyperClickException)
+    except ImportError:
+        pass
+    return isinstance(e, tuple(kinds))
 
 if __name__ == "__main__":
     main()

@@ -51,8 +51,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except UserError:
                 continue
         raise UserError(f"config {where}: {value!r} does not fit {tp}")
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        # YAML reads "1e-3" (no dot) as a string; accept numeric strings, refuse bools and the rest.
+        if isinstance(value, bool):
+            raise UserError(f"config {where} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"config {where} must be a number, got {value!r}")
     if tp in (int, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise UserError(f"config {where} must be {tp.__name__}, got {value!r}")
     if origin in (list, tuple):

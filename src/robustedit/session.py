@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 
 from robustedit.config import from_dict, merge, parse_overrides, read_yaml
+from robustedit.errors import UserError
 from robustedit.paths import resource
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,19 @@ def editor_settings(editor: str, model: str, config_file: str | None, sets: list
     return merge(settings, parse_overrides(sets))
 
 
-def make_editor(editor: str, lm, config_file: str | None = None, sets: list[str] | None = None):
-    """Build a registered editor on ``lm``; returns (editor, resolved config as a dict)."""
+def resolve_editor(editor: str, model: str, config_file: str | None = None, sets: list[str] | None = None):
+    """The editor class and its validated config, before any model is loaded (mistakes fail fast)."""
     from robustedit.editors import EDITORS
 
+    if "+" in editor:
+        base, addon = editor.split("+", 1)
+        EDITORS.get(base)
+        raise UserError(f"add-on {addon!r} of {editor!r} is not available yet; editors: {', '.join(EDITORS.names())}")
     cls = EDITORS.get(editor)
-    config = from_dict(cls.config_cls, editor_settings(editor, lm.name, config_file, sets or []))
+    return cls, from_dict(cls.config_cls, editor_settings(editor, model, config_file, sets or []))
+
+
+def make_editor(editor: str, lm, config_file: str | None = None, sets: list[str] | None = None):
+    """Build a registered editor on ``lm``; returns (editor, resolved config as a dict)."""
+    cls, config = resolve_editor(editor, lm.name, config_file, sets)
     return cls(lm, config), dataclasses.asdict(config)

@@ -1,8 +1,8 @@
 """Tiny random models of every supported architecture and a tiny offline tokenizer (no downloads).
 
-The tokenizer is a byte-level BPE (~400 tokens) trained on the shipped Wikipedia sample plus the
-sentences the tests use; the models are built from transformers' ``*Config`` classes with 2–4
-layers and hidden size 32–64, seeded, so every test sees the same weights.
+The tokenizer is a byte-level BPE (500 tokens) trained on the shipped Wikipedia sample plus the
+sentences the tests use; the models are built from transformers' ``*Config`` classes with 3
+layers, hidden size 32 and MLP size 64, seeded, so every test sees the same weights.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from robustedit.models.load import LanguageModel, wrap
 from robustedit.paths import resource
 
 EOS = "<|endoftext|>"
-VOCAB_SIZE = 400
+VOCAB_SIZE = 500
 
-# model_type of every architecture the unit tests cover (specs.py's table minus variants with the
-# same layout under another name, which need checkpoints we cannot build offline).
-ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "gpt2", "gptj", "gpt_neox")
+# model_type of every architecture in specs.py's table except "gemma3" (the multimodal wrapper,
+# whose text model is gemma3_text; a tiny one needs a vision tower too).
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2",
+                 "gpt2", "gptj", "gpt_neox")
 
 TEST_SENTENCES = (
     "The mother tongue of Danielle Darrieux is French.",
@@ -78,15 +79,23 @@ def tiny_config(arch: str, vocab_size: int, **overrides):
     """A transformers config of ``arch`` small enough to run in milliseconds."""
     import transformers as tf
 
-    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    # initializer_range 0.1 (not transformers' 0.02): the MLP outputs then weigh in the residual
+    # stream as in a trained model; at 0.02 the clamp ‖δ‖ ≤ 4‖v₀‖ leaves edits with no visible effect.
+    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0, initializer_range=0.1)
     llama_like = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=256, **common)
     if arch == "llama":
         cfg = tf.LlamaConfig(**llama_like)
     elif arch == "mistral":
-        cfg = tf.MistralConfig(sliding_window=None, **llama_like)
+        cfg = tf.MistralConfig(sliding_window=128, **llama_like)
     elif arch == "qwen2":
         cfg = tf.Qwen2Config(**llama_like)
+    elif arch == "qwen3":
+        cfg = tf.Qwen3Config(head_dim=8, **llama_like)
+    elif arch == "phi3":
+        cfg = tf.Phi3Config(**llama_like)
+    elif arch == "olmo2":
+        cfg = tf.Olmo2Config(**llama_like)
     elif arch == "gemma":
         cfg = tf.GemmaConfig(head_dim=8, **llama_like)
     elif arch == "gemma2":

@@ -21,7 +21,8 @@ def hidden_states(lm: LanguageModel, batch: Batch) -> torch.Tensor:
 def logits_at(lm: LanguageModel, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Next-token logits ``(N, V)`` at positions ``(rows[n], cols[n])`` of ``hidden``."""
     logits = lm.lm_head(hidden[rows, cols])
-    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    config = lm.model.config.get_text_config() if hasattr(lm.model.config, "get_text_config") else lm.model.config
+    cap = getattr(config, "final_logit_softcapping", None)
     if cap:  # Gemma 2/3 squash logits in the causal-LM wrapper, which we bypass
         logits = torch.tanh(logits / cap) * cap
     return logits

@@ -3,8 +3,9 @@
 Value optimisation adds δ at the subject's last token; everything before that token is the same
 at every step (a causal model cannot look ahead), so its keys and values are computed once and
 kept in a KV cache. Each step then runs only the *suffix* (subject's last token onward: typically
-3–5 tokens instead of 20–30). Rows are laid out as ``[prefix, pad…][suffix, pad…]`` with explicit
-position ids, so every row's suffix starts at the same column and gaps are masked.
+3–5 tokens instead of 20–30). Rows are laid out as ``[pad…, prefix][suffix, pad…]`` with explicit
+position ids, so every row's suffix starts at the same column right after its own prefix (no gap
+inside a row, which sliding-window attention, counting columns, would misread).
 
 ``PrefixCachedBatch.hidden()`` equals the suffix columns of a full forward pass (tested on every
 architecture in the table); ``use_cache=False`` gives that plain full pass instead.
@@ -41,9 +42,9 @@ class PrefixCachedBatch:
         pos = torch.zeros((B, P + S), dtype=torch.long)
         for i, (r, s) in enumerate(zip(rows, split)):
             prefix, suffix = r[:s], r[s:]
-            ids[i, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
-            mask[i, : len(prefix)] = 1
-            pos[i, : len(prefix)] = torch.arange(len(prefix))
+            ids[i, P - len(prefix) : P] = torch.tensor(prefix, dtype=torch.long)
+            mask[i, P - len(prefix) : P] = 1
+            pos[i, P - len(prefix) : P] = torch.arange(len(prefix))
             ids[i, P : P + len(suffix)] = torch.tensor(suffix, dtype=torch.long)
             mask[i, P : P + len(suffix)] = 1
             pos[i, P : P + len(suffix)] = torch.arange(len(prefix), len(prefix) + len(suffix))

@@ -62,7 +62,7 @@ ARCHITECTURES.register(
         down_proj="mlp.dense_4h_to_h",
         embeddings="gpt_neox.embed_in",
         final_norm="gpt_neox.final_layer_norm",
-        lm_head="embed_out",
+        lm_head="lm_head",
         base="gpt_neox",
     ),
 )

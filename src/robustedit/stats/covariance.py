@@ -87,7 +87,7 @@ def compute_second_moments(lm: LanguageModel, layers: list[int], cfg: StatsConfi
             except StopForward:
                 pass
             for layer, k in batch_keys.items():
-                k = k.reshape(-1, k.shape[-1])  # (B*T, d_in)
+                k = k.reshape(-1, k.shape[-1]).float()  # (B*T, d_in); bf16 products would lose C
                 outer = (k.T @ k).to(torch.float64)
                 sums[layer] = outer if layer not in sums else sums[layer] + outer
             count += ids.numel()

@@ -1,0 +1,72 @@
+"""The embedded model loads offline, predicts sensibly, and ROME really edits it."""
+
+import json
+
+import torch
+
+from robustedit.data import load_cases
+from robustedit.editors import applied
+from robustedit.eval.runner import RunInfo, read_records, run_evaluation
+from robustedit.eval.scoring import score_pairs
+from robustedit.request import EditRequest
+from robustedit.session import make_editor
+
+
+def greedy(lm, text, n=3):
+    ids = lm.tokenizer(text, return_tensors="pt")
+    out = lm.model.generate(**ids, max_new_tokens=n, do_sample=False)
+    return lm.tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def top1(lm, prompts):
+    return [s.next_token for s in score_pairs(lm, [(p, "x") for p in prompts])]
+
+
+def test_tokenizer_and_weights_converted_right(smollm2):
+    # transformers 5.5 turned every space into <|endoftext|>; this catches such a regression.
+    assert greedy(smollm2, "The capital of France is").startswith(" Paris")
+    assert smollm2.n_layers == 30
+
+
+def test_rome_edit_changes_prediction_and_spares_neighbours(smollm2):
+    case = load_cases("counterfact", limit=1)[0]  # Danielle Darrieux: French -> English
+    editor, _ = make_editor("rome", smollm2)
+    state = {k: v.clone() for k, v in smollm2.model.state_dict().items()}
+    before = top1(smollm2, list(case.neighborhood_prompts))
+    delta = editor.edit([case.request])
+    target = smollm2.tokenizer(" " + case.request.target_new, add_special_tokens=False)["input_ids"][0]
+    assert top1(smollm2, [case.request.text])[0] != target
+    with applied(smollm2, delta):
+        assert top1(smollm2, [case.request.text])[0] == target
+        after = top1(smollm2, list(case.neighborhood_prompts))
+    kept = sum(a == b for a, b in zip(before, after))
+    assert kept >= 7, f"only {kept}/10 neighbour prompts kept their prediction"
+    assert all(torch.equal(v, smollm2.model.state_dict()[k]) for k, v in state.items())
+
+
+def test_edit_of_a_new_fact_from_the_command_line_example(smollm2):
+    editor, _ = make_editor("rome", smollm2)
+    req = EditRequest("{} belongs to the continent of", "Slovenia", "Antarctica")
+    delta = editor.edit([req])
+    with applied(smollm2, delta):
+        s = score_pairs(smollm2, [(req.text, req.target_new)])[0]
+    assert s.first_top1
+
+
+def test_evaluate_writes_records_and_resumes(smollm2, tmp_path):
+    cases = load_cases("counterfact", limit=2)
+    editor, cfg = make_editor("rome", smollm2)
+    run = RunInfo("rome", smollm2.name, "counterfact", cfg)
+    run_evaluation(editor, cases[:1], tmp_path, run, show_progress=False)
+    with open(tmp_path / "records.jsonl", "a") as f:
+        f.write('{"case_id": "1", "trunc')  # a run killed while writing its second record
+    summary = run_evaluation(editor, cases, tmp_path, run, resume=True, show_progress=False)
+    records = read_records(tmp_path / "records.jsonl")
+    assert [r["case_id"] for r in records] == ["0", "1"]
+    assert summary["n_cases"] == 2
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    for name in ("efficacy", "paraphrase", "neighborhood", "efficacy_top1", "locality_top1",
+                 "efficacy_acc", "paraphrase_acc", "locality_acc"):
+        assert 0.0 <= saved["metrics"][name] <= 1.0
+    assert "edit_s_median" in saved["timing"]
+    assert (tmp_path / "summary.md").read_text().startswith("# rome on counterfact")
