@@ -79,6 +79,7 @@ class ROME(Editor):
         super().__init__(lm, config)
         lm.check_layer(self.config.layer)
         self._templates: list[str] | None = None
+        self._C: torch.Tensor | None = None
 
     def context_templates(self) -> list[str]:
         if self._templates is None:  # generated once per editor: the same for every request
@@ -91,7 +92,9 @@ class ROME(Editor):
         self.covariance()
 
     def covariance(self) -> torch.Tensor:
-        return second_moment(self.lm, self.config.layer, self.config.stats)
+        if self._C is None:  # from the disk cache (or computed) once per editor
+            self._C = second_moment(self.lm, self.config.layer, self.config.stats)
+        return self._C
 
     def edit(self, requests: list[EditRequest]) -> Delta:
         if not requests:
