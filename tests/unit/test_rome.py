@@ -182,6 +182,10 @@ def test_rank_one_update_solves_the_constraint_in_float64():
         torch.testing.assert_close((W + torch.outer(lam, u)) @ k_update + b, v, atol=1e-6, rtol=0)
         direction = torch.linalg.solve(C, k_star)
         torch.testing.assert_close(u, direction / direction.norm(), atol=1e-10, rtol=0)
+    # mom2_adjustment=False (C = I): u is k* itself, the constraint still holds
+    lam, u = rank_one_update(W_apply, None, k_star, k_star, v)
+    torch.testing.assert_close(u, k_star / k_star.norm(), atol=1e-12, rtol=0)
+    torch.testing.assert_close((W + torch.outer(lam, u)) @ k_star + b, v, atol=1e-6, rtol=0)
 
 
 # --- several requests, bad input ----------------------------------------------------------------

@@ -43,6 +43,8 @@ class ROMEConfig:
         default=((5, 10), (10, 10)), metadata={"help": "[[new tokens, count], ...] of generated prefixes"})
     context_seed: int = field(default=0, metadata={"help": "seed for sampling the prefixes"})
     update_key: str = field(default="averaged", metadata={"help": "'averaged' (r-ROME fix) or 'prompt' (reference ROME)"})
+    mom2_adjustment: bool = field(default=True, metadata={
+        "help": "use C⁻¹ in the update (ROME paper); false = C = I, EasyEdit's Llama setting"})
     stats: StatsConfig = field(default_factory=StatsConfig, metadata={"help": "key statistics C"})
 
     def __post_init__(self) -> None:
@@ -57,13 +59,14 @@ class ROMEConfig:
                            self.kl_factor, self.early_stop_loss, tuple(self.kl_prompts))
 
 
-def rank_one_update(W_apply, C: torch.Tensor, k_star: torch.Tensor, k_update: torch.Tensor, v_star: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rank_one_update(W_apply, C: torch.Tensor | None, k_star: torch.Tensor, k_update: torch.Tensor, v_star: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The factors (Λ (d_out,), u (d_in,)) of ΔW = Λ uᵀ, solved in float64.
 
     ``W_apply(k)`` is the layer's original output for key k (bias included); u = C⁻¹k*/‖C⁻¹k*‖ and
-    Λ = (v* − W k_update)/(uᵀ k_update), so that (W + Λuᵀ) k_update = v*.
+    Λ = (v* − W k_update)/(uᵀ k_update), so that (W + Λuᵀ) k_update = v*. ``C=None`` means C = I.
     """
-    u = torch.linalg.solve(C.to(torch.float64), k_star.to(torch.float64))  # (d_in,)
+    k64 = k_star.to(torch.float64)
+    u = k64 if C is None else torch.linalg.solve(C.to(torch.float64), k64)  # (d_in,)
     u = u / u.norm()
     residual = v_star.to(torch.float64) - W_apply(k_update).to(torch.float64)  # (d_out,)
     lam = residual / torch.dot(u, k_update.to(torch.float64))
@@ -89,7 +92,8 @@ class ROME(Editor):
 
     def prepare(self) -> None:
         self.context_templates()
-        self.covariance()
+        if self.config.mom2_adjustment:
+            self.covariance()
 
     def covariance(self) -> torch.Tensor:
         if self._C is None:  # from the disk cache (or computed) once per editor
@@ -121,7 +125,7 @@ class ROME(Editor):
         with sw("context"):
             contexts = self.context_templates()
         with sw("stats"):
-            C = self.covariance()
+            C = self.covariance() if cfg.mom2_adjustment else None
         with sw("key"):
             templates = [c.format(request.prompt) for c in contexts]
             keys = subject_keys(lm, cfg.layer, templates, request.subject)  # (N, d_in)
