@@ -61,21 +61,3 @@ def run_until(model: nn.Module, module: nn.Module, **inputs) -> torch.Tensor:
     if not seen:
         raise RuntimeError("the forward pass never reached the hooked module")
     return seen[0]
-
-
-@contextmanager
-def add_to_output(module: nn.Module, positions: torch.Tensor, delta: torch.Tensor) -> Iterator[None]:
-    """Add ``delta`` (d_out,) to ``module``'s output at ``(row, positions[row])`` for every row.
-
-    Used by value optimisation: the MLP output at the subject's last token becomes ``v + δ``.
-    Out-of-place, so autograd sees the addition.
-    """
-    rows = torch.arange(positions.shape[0])
-
-    def post(_mod: nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor:
-        bump = torch.zeros_like(out)
-        bump[rows, positions] = delta.to(out.dtype)
-        return out + bump
-
-    with hooked(module, post=post):
-        yield
