@@ -3,7 +3,8 @@
 Uses cases [start, start + n) of the bundled CounterFact file (default 500..524), which are not
 among the first 200 cases used for the headline evaluation, so the layer is not tuned on them.
 
-    python benchmarks/rome_layer_sweep.py --layers 2,3,4,5,6,8,10 --n 25
+    python benchmarks/rome_layer_sweep.py --layers 2,3,4,5,6,8 --n 16
+    python benchmarks/rome_layer_sweep.py --layers 2,3,4 --n 16 --set update_key=prompt --out runs/sweep-prompt-key
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=500)
     ap.add_argument("--n", type=int, default=25)
     ap.add_argument("--out", default="runs/rome-layer-sweep")
+    ap.add_argument("--set", action="append", default=[], help="extra hyperparameter, key=value")
     args = ap.parse_args()
     torch.manual_seed(0)
     lm = load_model(args.model)
@@ -38,7 +40,7 @@ def main() -> None:
     cases = load_cases("counterfact")[args.start : args.start + args.n]
     rows = []
     for layer in layers:
-        editor, cfg = make_editor("rome", lm, sets=[f"layer={layer}"])
+        editor, cfg = make_editor("rome", lm, sets=[*args.set, f"layer={layer}"])
         out = Path(args.out) / f"layer-{layer}"
         run = RunInfo("rome", lm.name, "counterfact", cfg, command=f"layer sweep, cases {args.start}..{args.start + args.n - 1}")
         summary = run_evaluation(editor, cases, out, run, resume=True)
