@@ -30,3 +30,14 @@ def subject_keys(lm: LanguageModel, layer: int, templates: list[str], subject: s
     k = run_until(lm.model, lm.down_proj(layer), input_ids=batch.input_ids,
                   attention_mask=batch.attention_mask, use_cache=False)  # (N, T, d_in)
     return k[torch.arange(len(rows)), torch.tensor(last)]
+
+
+def group_mean(keys: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Mean over groups of the per-group means of ``keys`` ``(N, d)`` → ``(d,)``; ``sum(sizes) == N``.
+
+    MEMIT's reference ``compute_ks`` averages this way over its context-template groups, so the
+    bare prompt (a group of one) weighs as much as all sampled prefixes together.
+    """
+    if sum(sizes) != keys.shape[0] or min(sizes) < 1:
+        raise ValueError(f"group sizes {sizes} do not partition {keys.shape[0]} keys")
+    return torch.stack([g.mean(0) for g in keys.split(sizes)]).mean(0)

@@ -1,15 +1,25 @@
-"""Values: the MLP output v* at the subject that makes the model say the new target.
+"""Values: the vector v* at the subject that makes the model say the new target.
 
-Follows ROME's ``compute_v`` (Meng et al. 2022, §3.1 eq. 4): a vector δ is added to the
-down-projection's output at the subject's last token of every rewriting prompt (context prefix +
-prompt + target), and optimised with Adam to minimise
+Follows ROME's ``compute_v`` (Meng et al. 2022, §3.1 eq. 4): a vector δ is added at the subject's
+last token of every rewriting prompt (context prefix + prompt + target), and optimised with Adam
+to minimise
 
     NLL(target | prompt)  +  kl_factor · KL(P(· | "{subject} is a") ‖ P₀)  +  weight_decay · ‖δ‖ / ‖v₀‖²
 
 under the clamp ‖δ‖ ≤ clamp_norm_factor · ‖v₀‖, stopping early once the loss is below
-``early_stop_loss``. v₀ is the layer's original output on the first (context-free) prompt and the
+``early_stop_loss``. v₀ is the site's original value on the first (context-free) prompt and the
 result is v* = v₀ + δ. The weight-decay term keeps the reference code's form (‖δ‖ over ‖v₀‖²).
 The KL distribution is read at the subject's last token of the KL prompt, as in the reference.
+
+Where δ is added is the ``site``:
+
+- ``"mlp_out"`` (ROME, the default): the output of the layer's MLP down-projection, the value
+  that W maps the key k to.
+- ``"layer_out"`` (MEMIT's ``compute_z``, Meng et al. 2023): the output of the whole decoder
+  layer, i.e. the residual stream after it; v* is then the target hidden state z.
+
+For architectures whose MLP output enters the residual stream unnormalised (Llama, GPT-2, GPT-NeoX,
+GPT-J) both sites shift the same vector by δ; they differ in v₀ and so in the clamp and the decay.
 """
 
 from __future__ import annotations
@@ -21,11 +31,22 @@ import torch.nn.functional as F
 
 from robustedit.editors.keys import subject_prompts
 from robustedit.models.forward import logits_at
-from robustedit.models.hooks import hooked
+from robustedit.models.hooks import hidden_of, hooked, run_until, with_hidden
 from robustedit.models.load import LanguageModel
 from robustedit.models.prefix import PrefixCachedBatch
-from robustedit.models.text import fill, pad_id, target_ids
+from robustedit.models.text import fill, pad, pad_id, target_ids
 from robustedit.request import EditRequest
+
+SITES = ("mlp_out", "layer_out")
+
+
+def site_module(lm: LanguageModel, layer: int, site: str) -> torch.nn.Module:
+    """The module whose output is the value at ``site`` of ``layer``."""
+    if site == "mlp_out":
+        return lm.down_proj(layer)
+    if site == "layer_out":
+        return lm.layer(layer)
+    raise ValueError(f"unknown value site {site!r}; choose from {', '.join(SITES)}")
 
 
 @dataclass(frozen=True)
@@ -37,11 +58,16 @@ class ValueConfig:
     kl_factor: float = 0.0625
     early_stop_loss: float = 5e-2
     kl_prompts: tuple[str, ...] = ("{} is a",)
+    site: str = "mlp_out"  # where δ is added: see SITES
+
+    def __post_init__(self) -> None:
+        if self.site not in SITES:
+            raise ValueError(f"unknown value site {self.site!r}; choose from {', '.join(SITES)}")
 
 
 @dataclass
 class ValueResult:
-    target: torch.Tensor  # v* (d_out,)
+    target: torch.Tensor  # v* (d_out,); z for site="layer_out"
     target_init: torch.Tensor  # v₀ (d_out,)
     delta: torch.Tensor  # δ (d_out,)
     losses: list[float] = field(default_factory=list)
@@ -93,21 +119,36 @@ def _rewrite_batch(lm: LanguageModel, request: EditRequest, templates: list[str]
     )
 
 
+@torch.no_grad()
+def subject_values(lm: LanguageModel, layer: int, site: str, templates: list[str], subject: str) -> torch.Tensor:
+    """The current values ``(N, d_out)`` at ``site`` of ``layer`` at ``subject``'s last token in each
+    template; the forward pass stops there."""
+    rows, last = subject_prompts(lm.tokenizer, templates, subject)
+    batch = pad(rows, pad_id(lm.tokenizer), lm.device)
+    out = run_until(lm.model, site_module(lm, layer, site), output=True, input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask, use_cache=False)  # (N, T, d_out)
+    return out[torch.arange(len(rows)), torch.tensor(last)].float()
+
+
 def optimize_value(lm: LanguageModel, layer: int, request: EditRequest, templates: list[str], cfg: ValueConfig) -> ValueResult:
-    """Find v* for ``request`` at ``layer``; ``templates[0]`` should be the bare prompt."""
+    """Find v* for ``request`` at ``cfg.site`` of ``layer``; ``templates[0]`` should be the bare prompt."""
     rb = _rewrite_batch(lm, request, templates, cfg.kl_prompts)
-    module = lm.down_proj(layer)
+    module = site_module(lm, layer, cfg.site)
     n_rows = rb.forward.suffix_ids.shape[0]
     kl_rows = torch.arange(rb.n_rewrite, n_rows, device=lm.device)
     kl_cols = torch.zeros_like(kl_rows)  # the subject's last token
-    d_out = module.weight.shape[1] if lm.spec.weight_is_in_out else module.weight.shape[0]
+    if cfg.site == "mlp_out":
+        d_out = module.weight.shape[1] if lm.spec.weight_is_in_out else module.weight.shape[0]
+    else:
+        d_out = lm.d_model
     delta = torch.zeros(d_out, device=lm.device, dtype=torch.float32, requires_grad=True)
     captured: dict[str, torch.Tensor] = {}
 
-    def add_delta(_mod, _args, out):  # out: (N, S, d_out); column 0 is the subject's last token
+    def add_delta(_mod, _args, out):  # hidden: (N, S, d_out); column 0 is the subject's last token
+        h = hidden_of(out)
         if "v0" not in captured:
-            captured["v0"] = out[0, 0].detach().float().clone()
-        return torch.cat([out[:, :1] + delta.to(out.dtype), out[:, 1:]], dim=1)
+            captured["v0"] = h[0, 0].detach().float().clone()
+        return with_hidden(out, torch.cat([h[:, :1] + delta.to(h.dtype), h[:, 1:]], dim=1))
 
     opt = torch.optim.Adam([delta], lr=cfg.lr)
     kl_init = None

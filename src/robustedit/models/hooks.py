@@ -51,9 +51,39 @@ def capture_input(module: nn.Module, *, stop: bool = False) -> Iterator[list[tor
         yield seen
 
 
-def run_until(model: nn.Module, module: nn.Module, **inputs) -> torch.Tensor:
-    """Run ``model(**inputs)`` only until ``module`` is reached; return its input ``(B, T, d_in)``."""
-    with capture_input(module, stop=True) as seen:
+def hidden_of(out: torch.Tensor | tuple) -> torch.Tensor:
+    """The hidden state in a module's output: decoder layers return a tensor or, in some
+    architectures (GPT-J), a tuple whose first element is the hidden state."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def with_hidden(out: torch.Tensor | tuple, hidden: torch.Tensor) -> torch.Tensor | tuple:
+    """``out`` with its hidden state replaced by ``hidden`` (same container as ``out``)."""
+    return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+
+@contextmanager
+def capture_output(module: nn.Module, *, stop: bool = False) -> Iterator[list[torch.Tensor]]:
+    """Collect the output hidden state of ``module`` on every call, ``(B, T, d_out)`` each.
+
+    ``stop=True`` aborts the forward pass right after the capture, as in :func:`capture_input`.
+    """
+    seen: list[torch.Tensor] = []
+
+    def post(_mod: nn.Module, _args: tuple, out) -> None:
+        seen.append(hidden_of(out))
+        if stop:
+            raise StopForward
+
+    with hooked(module, post=post):
+        yield seen
+
+
+def run_until(model: nn.Module, module: nn.Module, *, output: bool = False, **inputs) -> torch.Tensor:
+    """Run ``model(**inputs)`` only until ``module`` has been reached; return its input
+    ``(B, T, d_in)`` or, with ``output=True``, its output hidden state ``(B, T, d_out)``."""
+    capture = capture_output if output else capture_input
+    with capture(module, stop=True) as seen:
         try:
             model(**inputs)
         except StopForward:

@@ -46,6 +46,15 @@ class LanguageModel:
             raise UserError(f"layer {layer} is out of range: {self.name} has layers 0..{self.n_layers - 1}")
         return layer
 
+    def layer(self, layer: int) -> nn.Module:
+        """Decoder layer ``layer``: its output is the residual stream after that layer."""
+        return self.module(self.spec.layer_path(self.check_layer(layer)))
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream (the embedding width in every architecture of the table)."""
+        return int(self.module(self.spec.embeddings).weight.shape[1])
+
     def down_proj(self, layer: int) -> nn.Module:
         return self.module(self.spec.down_proj_path(self.check_layer(layer)))
 

@@ -1,0 +1,200 @@
+"""MEMIT: Mass-Editing Memory in a Transformer (Meng et al. 2023).
+
+ROME writes one fact into one layer; MEMIT writes many facts into a range of layers R = l₁ < … < L
+(§4 and Algorithm 1 of the paper; ``memit_main.execute_memit`` in the reference code):
+
+1. For each request i, the target hidden state zᵢ = h_L + δᵢ at the subject's last token, with δᵢ
+   added to the *output of layer L* (the residual stream) and optimised exactly as ROME's value
+   (``values.optimize_value`` with ``site="layer_out"``), one request at a time, on the unedited
+   model.
+2. For each l in R, ascending, on the model already carrying the updates of the layers below:
+   the keys K_l (d_in × n) of the subjects at layer l, the current h_L (bare prompts), and the
+   residual R_l = (Z − H_L) / (layers left, l included) spread over the remaining layers; then
+
+       ΔW_l = R_l K_lᵀ (λ C_l + K_l K_lᵀ)⁻¹      (λ = ``mom2_update_weight``)
+
+   which minimises ‖ΔW K_l − R_l‖² + λ tr(ΔW C_l ΔWᵀ): the new keys move by R_l while keys that
+   are typical under C_l = E[k kᵀ] move little. Each ΔW_l is applied before the next layer's keys
+   are read, and every change is undone before ``edit`` returns.
+
+The keys follow the reference ``compute_ks``: each request's key is the mean over the groups of
+context templates of the per-group mean (``keys.group_mean``), so the bare prompt weighs as much as
+all the sampled prefixes together. The residuals are measured on the bare prompt, like the
+reference ``get_module_input_output_at_words`` call in ``execute_memit``.
+
+Because of λ, h_L reaches z only approximately (the reference says as much). And h_L is linear in
+ΔW_L only where the MLP output enters the residual stream unnormalised (Llama, GPT-2, GPT-NeoX,
+GPT-J); Gemma 2/3 normalise it first (``post_feedforward_layernorm``), so there h_L moves only part
+of the way (about half in the tiny-model tests).
+
+λ is commensurate with kᵀC⁻¹k, which for a typical key is about d_in (the MLP width): the
+reference's 15000 was tuned for GPT-J (d_in = 16384); a model with a narrower MLP needs a
+proportionally smaller λ for the same balance (SmolLM2: d_in = 1536).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+import torch
+
+from robustedit.editors.base import Delta, Editor, Stopwatch, apply_delta, register_editor
+from robustedit.editors.context import generate_context_groups
+from robustedit.editors.keys import group_mean, subject_keys
+from robustedit.editors.values import ValueConfig, optimize_value, subject_values
+from robustedit.errors import UserError
+from robustedit.request import EditRequest
+from robustedit.stats.covariance import StatsConfig, second_moments
+
+
+@dataclass(frozen=True)
+class MEMITConfig:
+    """MEMIT's hyperparameters. Defaults follow the reference GPT-J file
+    (``hparams/MEMIT/EleutherAI_gpt-j-6B.json``) except ``layers``: (2, 3, 4) is provisional for
+    SmolLM2 until causal tracing picks the range."""
+
+    layers: tuple[int, ...] = field(default=(2, 3, 4), metadata={
+        "help": "edited layers, strictly increasing; δ is optimised at the last (provisional default)"})
+    v_num_grad_steps: int = field(default=25, metadata={"help": "Adam steps for each δᵢ"})
+    v_lr: float = field(default=0.5, metadata={"help": "Adam learning rate for δᵢ"})
+    v_weight_decay: float = field(default=0.5, metadata={"help": "weight of ‖δ‖/‖h₀‖² in the loss"})
+    clamp_norm_factor: float = field(default=0.75, metadata={"help": "‖δ‖ ≤ factor·‖h₀‖ (h₀: hidden state at L)"})
+    kl_factor: float = field(default=0.0625, metadata={"help": "weight of the KL essence term"})
+    early_stop_loss: float = field(default=5e-2, metadata={"help": "stop optimising δ below this loss"})
+    kl_prompts: tuple[str, ...] = field(default=("{} is a",), metadata={"help": "prompts whose next-token distribution is kept"})
+    context_template_length_params: tuple[tuple[int, int], ...] = field(
+        default=((10, 5),), metadata={"help": "[[new tokens, count], ...] of generated prefixes (reference: [[10, 5]])"})
+    context_seed: int = field(default=0, metadata={"help": "seed for sampling the prefixes"})
+    mom2_update_weight: float = field(default=15000.0, metadata={
+        "help": "λ in (λC + KKᵀ)⁻¹; scale with the MLP width (reference: 15000 for GPT-J)"})
+    stats: StatsConfig = field(default_factory=StatsConfig, metadata={"help": "key statistics C per layer"})
+
+    def __post_init__(self) -> None:
+        layers = tuple(self.layers)
+        object.__setattr__(self, "layers", layers)  # a list given in Python becomes the tuple it claims
+        if not layers:
+            raise UserError("MEMIT needs at least one layer in `layers`")
+        if any(b <= a for a, b in pairwise(layers)):
+            raise UserError(f"MEMIT `layers` must be strictly increasing, got {list(layers)}")
+        if self.v_num_grad_steps < 1 or self.v_lr <= 0 or self.clamp_norm_factor <= 0:
+            raise ValueError("v_num_grad_steps >= 1, v_lr > 0 and clamp_norm_factor > 0 are required")
+        if self.mom2_update_weight <= 0:
+            raise ValueError("mom2_update_weight must be > 0 (λC keeps λC + KKᵀ invertible)")
+
+    @property
+    def value(self) -> ValueConfig:
+        return ValueConfig(self.v_num_grad_steps, self.v_lr, self.v_weight_decay, self.clamp_norm_factor,
+                           self.kl_factor, self.early_stop_loss, tuple(self.kl_prompts), site="layer_out")
+
+
+def memit_update(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, mom2_update_weight: float) -> torch.Tensor:
+    """ΔW ``(d_out, d_in)`` = R Kᵀ (λC + K Kᵀ)⁻¹ for keys K ``(d_in, n)`` and residuals R ``(d_out, n)``.
+
+    The minimiser of ‖ΔW K − R‖² + λ tr(ΔW C ΔWᵀ), solved in float64 (C symmetric).
+    """
+    K64, R64 = K.to(torch.float64), R.to(torch.float64)
+    A = mom2_update_weight * C.to(torch.float64) + K64 @ K64.T  # (d_in, d_in), symmetric
+    adj_k = torch.linalg.solve(A, K64)  # (d_in, n) = A⁻¹K
+    return R64 @ adj_k.T
+
+
+@register_editor
+class MEMIT(Editor):
+    name = "memit"
+    config_cls = MEMITConfig
+
+    def __init__(self, lm, config=None) -> None:
+        super().__init__(lm, config)
+        for layer in self.config.layers:
+            lm.check_layer(layer)
+        self._groups: list[list[str]] | None = None
+        self._C: dict[int, torch.Tensor] | None = None
+
+    @property
+    def z_layer(self) -> int:
+        return self.config.layers[-1]
+
+    def context_groups(self) -> list[list[str]]:
+        if self._groups is None:  # generated once per editor: the same for every request
+            cfg = self.config
+            self._groups = generate_context_groups(self.lm, cfg.context_template_length_params, cfg.context_seed)
+        return self._groups
+
+    def context_templates(self) -> list[str]:
+        return [t for group in self.context_groups() for t in group]
+
+    def covariances(self) -> dict[int, torch.Tensor]:
+        if self._C is None:  # every edited layer from one pass over the corpus (or the disk cache)
+            self._C = second_moments(self.lm, list(self.config.layers), self.config.stats)
+        return self._C
+
+    def prepare(self) -> None:
+        self.context_groups()
+        self.covariances()
+
+    def target_values(self, requests: list[EditRequest]) -> tuple[torch.Tensor, list[dict]]:
+        """z ``(n, d)`` at the last edited layer for each request, on the current model, and
+        per-request diagnostics. One optimisation per request, as in the reference."""
+        templates_of = [[c.format(r.prompt) for c in self.context_templates()] for r in requests]
+        zs, infos = [], []
+        for request, templates in zip(requests, templates_of):
+            value = optimize_value(self.lm, self.z_layer, request, templates, self.config.value)
+            zs.append(value.target)
+            infos.append({"value_steps": value.steps, "value_loss": value.losses[-1],
+                          "delta_norm": float(value.delta.norm()), "h0_norm": float(value.target_init.norm())})
+        return torch.stack(zs), infos
+
+    def layer_keys(self, layer: int, requests: list[EditRequest]) -> torch.Tensor:
+        """K ``(d_in, n)``: each subject's group-averaged key at ``layer`` on the current model."""
+        sizes = [len(g) for g in self.context_groups()]
+        cols = []
+        for r in requests:
+            keys = subject_keys(self.lm, layer, [c.format(r.prompt) for c in self.context_templates()], r.subject)
+            cols.append(group_mean(keys, sizes))
+        return torch.stack(cols, dim=1)
+
+    def current_hidden(self, requests: list[EditRequest]) -> torch.Tensor:
+        """h_L ``(n, d)`` at each subject's last token in its bare prompt, on the current model."""
+        return torch.cat([subject_values(self.lm, self.z_layer, "layer_out", [r.prompt], r.subject) for r in requests])
+
+    def edit(self, requests: list[EditRequest]) -> Delta:
+        if not requests:
+            raise ValueError("no requests to edit")
+        cfg, lm, sw = self.config, self.lm, Stopwatch()
+        with sw("context"):
+            self.context_groups()
+        with sw("stats"):
+            C = self.covariances()
+        with sw("value"):
+            Z, value_infos = self.target_values(requests)  # (n, d)
+        weights: dict[str, torch.Tensor] = {}
+        z_error: list[float] = []
+        backups = []
+        try:
+            for i, layer in enumerate(cfg.layers):
+                with sw("key"):
+                    K = self.layer_keys(layer, requests)  # (d_in, n)
+                    H = self.current_hidden(requests)  # (n, d)
+                residual = (Z - H).T  # (d, n)
+                z_error.append(float(residual.norm(dim=0).mean()))
+                with sw("update"), torch.no_grad():
+                    upd = memit_update(K, residual / (len(cfg.layers) - i), C[layer], cfg.mom2_update_weight)
+                    name = lm.down_proj_weight_name(layer)
+                    W = lm.down_proj(layer).weight
+                    dW = (upd.T if lm.spec.weight_is_in_out else upd).to(W.dtype)  # Conv1D stores (d_in, d_out)
+                weights[name] = dW
+                backups.append(apply_delta(lm, Delta({name: dW})))
+        finally:
+            for backup in reversed(backups):
+                backup.restore()
+        info = {
+            "editor": self.name,
+            "layers": list(cfg.layers),
+            "z_layer": self.z_layer,
+            "n_requests": len(requests),
+            "z_error": z_error,  # mean ‖z − h_L‖ before each layer's update
+            "requests": value_infos,
+            "timing": sw.times,
+        }
+        return Delta(weights, info)
