@@ -19,12 +19,16 @@ def hooked(
     *,
     pre: Callable[[nn.Module, tuple], tuple | None] | None = None,
     post: Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor | None] | None = None,
+    with_kwargs: bool = False,
 ) -> Iterator[None]:
-    """Attach a forward pre-hook and/or forward hook to ``module`` for the ``with`` block."""
+    """Attach a forward pre-hook and/or forward hook to ``module`` for the ``with`` block.
+
+    ``with_kwargs=True`` calls ``pre(module, args, kwargs)`` instead (see
+    ``register_forward_pre_hook``)."""
     handles = []
     try:
         if pre is not None:
-            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=with_kwargs))
         if post is not None:
             handles.append(module.register_forward_hook(post))
         yield

@@ -21,6 +21,8 @@ class ArchSpec:
     hidden activations) and its output the value v written into the residual stream.
     ``weight_is_in_out`` is True for GPT-2's ``Conv1D``, whose weight is stored (in, out) instead
     of ``nn.Linear``'s (out, in).
+    ``mlp`` and ``attn`` are the MLP and attention modules of a decoder layer, relative to the
+    layer (causal tracing restores their outputs).
     """
 
     layers: str
@@ -30,6 +32,8 @@ class ArchSpec:
     lm_head: str
     base: str
     weight_is_in_out: bool = False
+    mlp: str = "mlp"
+    attn: str = "self_attn"
 
     def layer_path(self, i: int) -> str:
         return f"{self.layers}.{i}"
@@ -52,7 +56,7 @@ for _name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_t
     ARCHITECTURES.register(_name, _LLAMA_LIKE)
 
 _GPT2_LIKE = dict(layers="transformer.h", embeddings="transformer.wte", final_norm="transformer.ln_f",
-                  lm_head="lm_head", base="transformer")
+                  lm_head="lm_head", base="transformer", attn="attn")
 ARCHITECTURES.register("gpt2", ArchSpec(down_proj="mlp.c_proj", weight_is_in_out=True, **_GPT2_LIKE))
 ARCHITECTURES.register("gptj", ArchSpec(down_proj="mlp.fc_out", **_GPT2_LIKE))
 ARCHITECTURES.register(
@@ -64,6 +68,7 @@ ARCHITECTURES.register(
         final_norm="gpt_neox.final_layer_norm",
         lm_head="lm_head",
         base="gpt_neox",
+        attn="attention",
     ),
 )
 # Gemma 3 checkpoints with a vision tower report "gemma3"; their text model sits one level down.

@@ -39,6 +39,15 @@ def subject_last_index(tokenizer, text: str, start: int, end: int) -> int:
     return last
 
 
+def subject_token_range(tokenizer, text: str, start: int, end: int) -> tuple[int, int]:
+    """Token range ``[first, last + 1)`` of ``text`` overlapping the character span ``[start, end)``."""
+    enc = tokenizer(text, return_offsets_mapping=True)
+    hits = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > start]
+    if not hits:
+        raise UserError(f"could not locate the subject in the tokens of {text!r}")
+    return hits[0], hits[-1] + 1
+
+
 def target_ids(tokenizer, prompt: str, target: str) -> list[int]:
     """Tokens of ``" " + target`` as they follow ``prompt`` when the two are tokenised together."""
     target = target.strip()
