@@ -168,6 +168,38 @@ def stats(
 
 
 @app.command()
+def trace(
+    prompt: str = typer.Option(..., "--prompt", help="prompt with {} where the subject goes"),
+    subject: str = typer.Option(..., "--subject", help="the subject whose embeddings are corrupted"),
+    answer: Optional[str] = typer.Option(None, "--answer", help="answer to trace (default: the model's top-1)"),
+    kinds: str = typer.Option("all,mlp,attn", "--kinds", help="comma-separated: all, mlp, attn"),
+    samples: int = typer.Option(10, "--samples", help="noise samples"),
+    noise_factor: float = typer.Option(3.0, "--noise-factor", help="noise std as a multiple of the embeddings' std"),
+    out: Path = typer.Option(Path("runs/trace"), "--out", help="folder for trace.json and the PNG heatmaps"),
+    model: str = MODEL, seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
+) -> None:
+    """Causal tracing (ROME paper §2): which hidden states carry the fact, per layer and token."""
+    from robustedit.analysis import KINDS, trace as run_trace, write_trace
+    from robustedit.request import EditRequest
+
+    EditRequest(prompt, subject, answer or "?")  # the same checks as an edit: {} present, subject given
+    wanted = [k.strip() for k in kinds.split(",") if k.strip()]
+    bad = [k for k in wanted if k not in KINDS]
+    if bad or not wanted:
+        raise UserError(f"--kinds must name some of {', '.join(KINDS)}; got {kinds!r}")
+    if samples < 1 or noise_factor < 0:
+        raise UserError("--samples must be at least 1 and --noise-factor at least 0")
+    lm = _setup(model, dtype, device, seed)
+    t0 = time.perf_counter()
+    result = run_trace(lm, prompt, subject, answer=answer, kinds=wanted, samples=samples,
+                       noise_factor=noise_factor, seed=seed)
+    paths = write_trace(result, out)
+    console.print(f"traced {len(wanted)} kind(s) over {lm.n_layers} layers in {time.perf_counter() - t0:.1f} s")
+    console.print(f"P(answer): clean {result.clean_prob:.3f}, corrupted {result.corrupted_prob:.3f}")
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+@app.command()
 def reproduce(
     name: Optional[str] = typer.Argument(None, help="experiment name (omit to list them)"),
     out: Optional[Path] = typer.Option(None, "--out", help="results folder"),

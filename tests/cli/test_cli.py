@@ -312,3 +312,15 @@ def test_console_error_is_one_line_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
     assert len(err) == 1 and err[0].startswith("error: ") and "{}" in err[0], proc.stderr
     assert not save.exists()
+
+
+# --- trace --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--prompt", "no placeholder", "--subject", "S"), "{}"),
+    (("--prompt", "The capital of {} is", "--subject", "France", "--kinds", "all,mpl"), "--kinds"),
+    (("--prompt", "The capital of {} is", "--subject", "France", "--samples", "0"), "--samples"),
+], ids=["no-placeholder", "bad-kind", "zero-samples"])
+def test_trace_bad_input(cli, tmp_path, args, fragment):
+    assert_user_error(cli("trace", *args, "--out", str(tmp_path / "t")), fragment)
+    _nothing_written(tmp_path)
