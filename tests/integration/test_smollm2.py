@@ -45,7 +45,10 @@ def test_rome_edit_changes_prediction_and_spares_neighbours(smollm2):
 
 
 def test_edit_of_a_new_fact_from_the_command_line_example(smollm2):
-    editor, _ = make_editor("rome", smollm2)
+    # The subject opens this prompt (token 0, no context), so its key lies far from the
+    # context-averaged k*; the default r-ROME key misses it on SmolLM2 (see README, "Known
+    # weaknesses"), the reference ROME key, which fits the bare prompt exactly, does not.
+    editor, _ = make_editor("rome", smollm2, sets=["update_key=prompt"])
     req = EditRequest("{} belongs to the continent of", "Slovenia", "Antarctica")
     delta = editor.edit([req])
     with applied(smollm2, delta):
