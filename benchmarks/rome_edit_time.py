@@ -31,7 +31,7 @@ def one_step_seconds(editor, request, repeats: int = 3) -> float:
     templates = [c.format(request.prompt) for c in editor.context_templates()]
     rb = _rewrite_batch(lm, request, templates, tuple(cfg.kl_prompts))
     module = lm.down_proj(cfg.layer)
-    delta = torch.zeros(module.weight.shape[1] if lm.spec.weight_is_in_out else module.weight.shape[0], requires_grad=True)
+    delta = torch.zeros(lm.d_model, requires_grad=True)
     handle = module.register_forward_hook(lambda m, a, o: torch.cat([o[:, :1] + delta, o[:, 1:]], 1))
     times = []
     try:

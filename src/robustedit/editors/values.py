@@ -137,11 +137,8 @@ def optimize_value(lm: LanguageModel, layer: int, request: EditRequest, template
     n_rows = rb.forward.suffix_ids.shape[0]
     kl_rows = torch.arange(rb.n_rewrite, n_rows, device=lm.device)
     kl_cols = torch.zeros_like(kl_rows)  # the subject's last token
-    if cfg.site == "mlp_out":
-        d_out = module.weight.shape[1] if lm.spec.weight_is_in_out else module.weight.shape[0]
-    else:
-        d_out = lm.d_model
-    delta = torch.zeros(d_out, device=lm.device, dtype=torch.float32, requires_grad=True)
+    # Both sites write into the residual stream, so δ has its width whatever the site.
+    delta = torch.zeros(lm.d_model, device=lm.device, dtype=torch.float32, requires_grad=True)
     captured: dict[str, torch.Tensor] = {}
 
     def add_delta(_mod, _args, out):  # hidden: (N, S, d_out); column 0 is the subject's last token
