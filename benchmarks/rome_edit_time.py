@@ -22,14 +22,14 @@ from robustedit.eval.metrics import score_case
 from robustedit.models.forward import logits_at
 from robustedit.models.load import load_model
 from robustedit.session import make_editor
-from robustedit.editors.values import _rewrite_batch
+from robustedit.editors.values import rewrite_batch
 
 
 def one_step_seconds(editor, request, repeats: int = 3) -> float:
     """One forward+backward of the rewriting batch through the edited layer (no optimiser)."""
     lm, cfg = editor.lm, editor.config
     templates = [c.format(request.prompt) for c in editor.context_templates()]
-    rb = _rewrite_batch(lm, request, templates, tuple(cfg.kl_prompts))
+    rb = rewrite_batch(lm, [request], [templates], tuple(cfg.kl_prompts))
     module = lm.down_proj(cfg.layer)
     delta = torch.zeros(lm.d_model, requires_grad=True)
     handle = module.register_forward_hook(lambda m, a, o: torch.cat([o[:, :1] + delta, o[:, 1:]], 1))

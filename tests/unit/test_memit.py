@@ -14,7 +14,7 @@ from robustedit.editors.base import EDITORS, applied, apply_delta, build_editor
 from robustedit.editors.keys import group_mean
 from robustedit.editors.memit import MEMIT, MEMITConfig, memit_update
 from robustedit.editors.rome import rank_one_update
-from robustedit.editors.values import ValueConfig, optimize_value, site_module, subject_values
+from robustedit.editors.values import ValueConfig, optimize_value, optimize_values, site_module, subject_values
 from robustedit.errors import UserError
 from robustedit.models.hooks import hidden_of, hooked, with_hidden
 from robustedit.models.text import encode, fill, subject_last_index, target_ids
@@ -259,6 +259,25 @@ def test_value_site_through_the_prefix_cache_equals_a_full_forward(tiny_lm, arch
     assert result.delta.abs().max() > 0
     nll = full_forward_nll(tiny_lm, 1, site, request, templates, result.delta)
     assert abs(result.losses[-1] - nll) <= 1e-4 * max(1.0, abs(nll)), (result.losses[-1], nll)
+
+
+@pytest.mark.parametrize("site", ["mlp_out", "layer_out"])
+def test_values_optimised_in_one_batch_equal_one_at_a_time(tiny_lm, site):
+    """Batching requests only shares the forward pass: each δ, its loss history and its early stop
+    are what that request gets alone."""
+    templates_of = [[c.format(r.prompt) for c in ("{}", "Because of this. {}", "A b c d e. {}")] for r in REQUESTS]
+    probe = [optimize_value(tiny_lm, 1, r, t, ValueConfig(num_steps=6, site=site, early_stop_loss=0.0))
+             for r, t in zip(REQUESTS, templates_of)]
+    # A threshold the fastest request crosses by step 2: requests then stop at different steps.
+    cfg = ValueConfig(num_steps=6, site=site, early_stop_loss=min(p.losses[2] for p in probe) + 1e-3)
+    alone = [optimize_value(tiny_lm, 1, r, t, cfg) for r, t in zip(REQUESTS, templates_of)]
+    together = optimize_values(tiny_lm, 1, REQUESTS, templates_of, cfg, batch_size=len(REQUESTS))
+    assert len({a.steps for a in alone}) > 1
+    for a, b in zip(alone, together):
+        assert a.steps == b.steps
+        torch.testing.assert_close(b.target_init, a.target_init, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(b.delta, a.delta, atol=1e-4, rtol=1e-3)
+        assert b.losses == pytest.approx(a.losses, rel=1e-4, abs=1e-5)
 
 
 def test_unknown_value_site_is_rejected():

@@ -79,43 +79,59 @@ class ValueResult:
 
 @dataclass
 class _RewriteBatch:
-    """Rewriting prompts then KL prompts, split at the subject's last token (see models/prefix.py).
+    """Every request's rewriting prompts, then every request's KL prompts, split at the subject's
+    last token (see models/prefix.py).
 
-    Column 0 of the suffix is the subject's last token in every row, where δ is added.
+    Column 0 of the suffix is the subject's last token in every row, where δ of the row's request
+    (``owner``) is added.
     """
 
     forward: PrefixCachedBatch
+    owner: torch.Tensor  # (B,) request index of each row
+    first_row: torch.Tensor  # (n,) the row of each request's first template (v₀ is read there)
     target_rows: torch.Tensor  # (M,) row of each target token
     target_cols: torch.Tensor  # (M,) suffix column whose logits predict it
     target_tokens: torch.Tensor  # (M,)
-    target_weights: torch.Tensor  # (M,) 1/len(target)/n_rewrite, so the sum is the mean NLL
-    n_rewrite: int
+    target_weights: torch.Tensor  # (M,) 1/len(target)/n_templates, so a request's sum is its mean NLL
+    kl_rows: torch.Tensor  # (K,) rows of the KL prompts
 
 
-def _rewrite_batch(lm: LanguageModel, request: EditRequest, templates: list[str], kl_prompts: tuple[str, ...]) -> _RewriteBatch:
+def rewrite_batch(lm: LanguageModel, requests: list[EditRequest], templates_of: list[list[str]],
+                  kl_prompts: tuple[str, ...]) -> _RewriteBatch:
     tok = lm.tokenizer
-    rows, lookup = subject_prompts(tok, templates, request.subject)
+    rows, split, owner, first_row = [], [], [], []
     t_rows, t_cols, t_toks, t_w = [], [], [], []
-    for i, template in enumerate(templates):
-        text, _, _ = fill(template, request.subject)
-        tids = target_ids(tok, text, request.target_new)
-        prompt_len = len(rows[i])
-        rows[i] = rows[i] + tids[:-1]  # teacher forcing: the last target token is never input
-        for j, t in enumerate(tids):
-            t_rows.append(i)
-            t_cols.append(prompt_len - 1 + j - lookup[i])
-            t_toks.append(t)
-            t_w.append(1.0 / len(tids) / len(templates))
-    kl_rows, kl_lookup = subject_prompts(tok, list(kl_prompts), request.subject)
-    forward = PrefixCachedBatch.build(lm, rows + kl_rows, lookup + kl_lookup, pad_id(tok))
+    for r, (request, templates) in enumerate(zip(requests, templates_of)):
+        ids, lookup = subject_prompts(tok, templates, request.subject)
+        first_row.append(len(rows))
+        for template, row, last in zip(templates, ids, lookup):
+            text, _, _ = fill(template, request.subject)
+            tids = target_ids(tok, text, request.target_new)
+            for j, t in enumerate(tids):
+                t_rows.append(len(rows))
+                t_cols.append(len(row) - 1 + j - last)
+                t_toks.append(t)
+                t_w.append(1.0 / len(tids) / len(templates))
+            rows.append(row + tids[:-1])  # teacher forcing: the last target token is never input
+            split.append(last)
+            owner.append(r)
+    kl_start = len(rows)
+    for r, request in enumerate(requests):
+        ids, lookup = subject_prompts(tok, list(kl_prompts), request.subject)
+        rows += ids
+        split += lookup
+        owner += [r] * len(ids)
+    forward = PrefixCachedBatch.build(lm, rows, split, pad_id(tok))
     dev = lm.device
     return _RewriteBatch(
         forward=forward,
+        owner=torch.tensor(owner, device=dev),
+        first_row=torch.tensor(first_row, device=dev),
         target_rows=torch.tensor(t_rows, device=dev),
         target_cols=torch.tensor(t_cols, device=dev),
         target_tokens=torch.tensor(t_toks, device=dev),
         target_weights=torch.tensor(t_w, device=dev),
-        n_rewrite=len(templates),
+        kl_rows=torch.arange(kl_start, len(rows), device=dev),
     )
 
 
@@ -132,45 +148,78 @@ def subject_values(lm: LanguageModel, layer: int, site: str, templates: list[str
 
 def optimize_value(lm: LanguageModel, layer: int, request: EditRequest, templates: list[str], cfg: ValueConfig) -> ValueResult:
     """Find v* for ``request`` at ``cfg.site`` of ``layer``; ``templates[0]`` should be the bare prompt."""
-    rb = _rewrite_batch(lm, request, templates, cfg.kl_prompts)
+    return optimize_values(lm, layer, [request], [templates], cfg)[0]
+
+
+def optimize_values(lm: LanguageModel, layer: int, requests: list[EditRequest], templates_of: list[list[str]],
+                    cfg: ValueConfig, batch_size: int = 1) -> list[ValueResult]:
+    """v* for each request, optimised ``batch_size`` requests at a time in one batched forward pass.
+
+    Each request has its own δ, its own loss and its own early stop; rows of different requests
+    never interact (each is its own sequence) and Adam is elementwise, so a batch gives every
+    request exactly the trajectory it would have alone, up to floating-point summation order.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    results: list[ValueResult] = []
+    for i in range(0, len(requests), batch_size):
+        results += _optimize_batch(lm, layer, requests[i : i + batch_size], templates_of[i : i + batch_size], cfg)
+    return results
+
+
+def _optimize_batch(lm: LanguageModel, layer: int, requests: list[EditRequest], templates_of: list[list[str]],
+                    cfg: ValueConfig) -> list[ValueResult]:
+    n = len(requests)
+    rb = rewrite_batch(lm, requests, templates_of, cfg.kl_prompts)
     module = site_module(lm, layer, cfg.site)
-    n_rows = rb.forward.suffix_ids.shape[0]
-    kl_rows = torch.arange(rb.n_rewrite, n_rows, device=lm.device)
-    kl_cols = torch.zeros_like(kl_rows)  # the subject's last token
+    kl_cols = torch.zeros_like(rb.kl_rows)  # the subject's last token
+    kl_owner = rb.owner[rb.kl_rows]
+    kl_per_request = torch.bincount(kl_owner, minlength=n).clamp(min=1)
+    target_owner = rb.owner[rb.target_rows]
     # Both sites write into the residual stream, so δ has its width whatever the site.
-    delta = torch.zeros(lm.d_model, device=lm.device, dtype=torch.float32, requires_grad=True)
+    delta = torch.zeros(n, lm.d_model, device=lm.device, dtype=torch.float32, requires_grad=True)
     captured: dict[str, torch.Tensor] = {}
 
-    def add_delta(_mod, _args, out):  # hidden: (N, S, d_out); column 0 is the subject's last token
+    def add_delta(_mod, _args, out):  # hidden: (B, S, d_out); column 0 is the subject's last token
         h = hidden_of(out)
         if "v0" not in captured:
-            captured["v0"] = h[0, 0].detach().float().clone()
-        return with_hidden(out, torch.cat([h[:, :1] + delta.to(h.dtype), h[:, 1:]], dim=1))
+            captured["v0"] = h[rb.first_row, 0].detach().float().clone()  # (n, d)
+        shifted = h[:, :1] + delta[rb.owner][:, None].to(h.dtype)
+        return with_hidden(out, torch.cat([shifted, h[:, 1:]], dim=1))
 
     opt = torch.optim.Adam([delta], lr=cfg.lr)
     kl_init = None
-    losses: list[float] = []
+    losses: list[list[float]] = [[] for _ in range(n)]
+    active = torch.ones(n, dtype=torch.bool, device=lm.device)
     with hooked(module, post=add_delta):
         for step in range(cfg.num_steps):
             opt.zero_grad()
-            hidden = rb.forward.hidden()  # (N, S, d)
+            hidden = rb.forward.hidden()  # (B, S, d)
             logp = torch.log_softmax(logits_at(lm, hidden, rb.target_rows, rb.target_cols).float(), dim=-1)
-            nll = -(logp.gather(1, rb.target_tokens[:, None])[:, 0] * rb.target_weights).sum()
-            kl_logp = torch.log_softmax(logits_at(lm, hidden, kl_rows, kl_cols).float(), dim=-1)
+            token_nll = -logp.gather(1, rb.target_tokens[:, None])[:, 0] * rb.target_weights
+            nll = torch.zeros(n, device=lm.device).index_add(0, target_owner, token_nll)
+            kl_logp = torch.log_softmax(logits_at(lm, hidden, rb.kl_rows, kl_cols).float(), dim=-1)
             if kl_init is None:
                 kl_init = kl_logp.detach().clone()
-            kl = cfg.kl_factor * F.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
+            row_kl = F.kl_div(kl_init, kl_logp, log_target=True, reduction="none").sum(-1)
+            kl = cfg.kl_factor * torch.zeros(n, device=lm.device).index_add(0, kl_owner, row_kl) / kl_per_request
             v0 = captured["v0"]
-            decay = cfg.weight_decay * (delta.norm() / v0.norm() ** 2)
-            loss = nll + kl + decay
-            losses.append(loss.item())
-            if losses[-1] < cfg.early_stop_loss or step == cfg.num_steps - 1:
+            decay = cfg.weight_decay * (delta.norm(dim=1) / v0.norm(dim=1) ** 2)
+            loss = nll + kl + decay  # (n,)
+            for r in active.nonzero()[:, 0].tolist():
+                losses[r].append(loss[r].item())
+                if losses[r][-1] < cfg.early_stop_loss or step == cfg.num_steps - 1:
+                    active[r] = False  # this δ is final: the reference stops before stepping
+            if not active.any():
                 break
-            loss.backward()
+            (loss * active).sum().backward()
+            frozen = delta.detach()[~active].clone()
             opt.step()
-            max_norm = cfg.clamp_norm_factor * v0.norm()
             with torch.no_grad():
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
+                delta[~active] = frozen  # Adam's momentum would still move a finished δ
+                max_norm = cfg.clamp_norm_factor * v0.norm(dim=1, keepdim=True)
+                norms = delta.norm(dim=1, keepdim=True)
+                delta.mul_(torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms)))
     d = delta.detach().clone()
-    return ValueResult(target=captured["v0"] + d, target_init=captured["v0"], delta=d, losses=losses)
+    v0 = captured["v0"]
+    return [ValueResult(target=v0[r] + d[r], target_init=v0[r], delta=d[r], losses=losses[r]) for r in range(n)]
