@@ -18,11 +18,11 @@ import torch
 
 from robustedit.data import load_cases
 from robustedit.editors import applied
+from robustedit.editors.values import rewrite_batch
 from robustedit.eval.metrics import score_case
 from robustedit.models.forward import logits_at
 from robustedit.models.load import load_model
 from robustedit.session import make_editor
-from robustedit.editors.values import rewrite_batch
 
 
 def one_step_seconds(editor, request, repeats: int = 3) -> float:

@@ -113,10 +113,14 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", help="evaluate only the first N cases"),
     out: Optional[Path] = typer.Option(None, "--out", help="results folder (default runs/<editor>-<dataset>-<time>)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
+    sequential: Optional[int] = typer.Option(None, "--sequential", help="apply the first N edits one after another without rollback"),
+    batch_size: int = typer.Option(1, "--batch-size", help="with --sequential: facts per edit call"),
+    checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="with --sequential: edit counts to score at, e.g. 1,10,100 (default: powers of 10 and N)"),
+    save_edits: bool = typer.Option(True, "--save-edits/--no-save-edits", help="with --sequential: keep the edited weights in OUT/edits"),
     model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
-    """Edit each case from the unedited model, score it, and write records + summary."""
+    """Edit each case from the unedited model (or all of them in sequence), score, write records + summary."""
     from robustedit.data import load_cases
     from robustedit.eval.runner import RunInfo, run_evaluation
 
@@ -126,7 +130,8 @@ def evaluate(
         raise UserError("--resume needs the --out folder of the run to continue")
     if out is not None and (out / "records.jsonl").exists() and not resume:
         raise UserError(f"{out} already holds results; pass --resume to continue it or choose another --out")
-    cases = load_cases(dataset, limit=limit)
+    plan = _sequential_plan(sequential, batch_size, checkpoints, resume, limit)
+    cases = load_cases(dataset, limit=None if plan else limit)
     cls, econfig = _resolve(editor, model, config, set_)
     name = Path(dataset).stem if dataset.endswith((".json", ".jsonl")) else dataset
     out = out or Path("runs") / f"{editor}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -134,8 +139,15 @@ def evaluate(
     ed, cfg = _build(cls, econfig, lm)
     run = RunInfo(editor=editor, model=lm.name, dataset=dataset, config=cfg, seed=seed,
                   command="robustedit " + shlex.join(sys.argv[1:]))
-    summary = run_evaluation(ed, cases, out, run, resume=resume)
-    table = Table(title=f"{editor} on {dataset}: {summary['n_cases']} cases ({lm.name})")
+    if plan is None:
+        summary = run_evaluation(ed, cases, out, run, resume=resume)
+    else:
+        from robustedit.eval.sequential import run_sequential
+
+        edited, probe = cases[: plan.n], cases[plan.n : plan.n + PROBE_CASES]  # probe: facts never edited
+        summary = run_sequential(ed, edited, probe, out, run, plan, save_edits=save_edits)
+    mode = f", {plan.n} sequential edits in calls of {plan.batch_size}" if plan else ""
+    table = Table(title=f"{editor} on {dataset}: {summary['n_cases']} cases ({lm.name}{mode})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in summary["metrics"].items():
@@ -143,6 +155,29 @@ def evaluate(
     table.add_row("edit time (median, s)", f"{summary['timing'].get('edit_s_median', float('nan')):.2f}")
     console.print(table)
     console.print(f"results in {out}/ (records.jsonl, summary.json, summary.md)")
+
+
+PROBE_CASES = 50  # cases after the edited ones whose neighbour prompts probe unrelated drift
+
+
+def _sequential_plan(n: Optional[int], batch_size: int, checkpoints: Optional[str], resume: bool, limit: Optional[int]):
+    from robustedit.eval.sequential import SequentialPlan
+
+    if n is None:
+        if batch_size != 1 or checkpoints is not None:
+            raise UserError("--batch-size and --checkpoints only apply with --sequential N")
+        return None
+    if resume:
+        raise UserError("sequential runs cannot be resumed; start again with a new --out")
+    if limit is not None:
+        raise UserError("--sequential N already chooses the first N cases; drop --limit")
+    try:
+        points = tuple(int(x) for x in checkpoints.split(",") if x.strip()) if checkpoints else ()
+    except ValueError:
+        raise UserError(f"--checkpoints must be integers separated by commas, not {checkpoints!r}") from None
+    if any(c < 1 or c > n for c in points):
+        raise UserError(f"--checkpoints must lie between 1 and --sequential {n}")
+    return SequentialPlan(n, batch_size, points)
 
 
 @app.command()
@@ -179,7 +214,8 @@ def trace(
     model: str = MODEL, seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Causal tracing (ROME paper §2): which hidden states carry the fact, per layer and token."""
-    from robustedit.analysis import KINDS, trace as run_trace, write_trace
+    from robustedit.analysis import KINDS, write_trace
+    from robustedit.analysis import trace as run_trace
     from robustedit.request import EditRequest
 
     EditRequest(prompt, subject, answer or "?")  # the same checks as an edit: {} present, subject given
@@ -203,6 +239,8 @@ def trace(
 def reproduce(
     name: Optional[str] = typer.Argument(None, help="experiment name (omit to list them)"),
     out: Optional[Path] = typer.Option(None, "--out", help="results folder"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="fewer cases than the experiment's full size (a quick run)"),
+    only: Optional[str] = typer.Option(None, "--only", help="comma-separated subset of the experiment's variants"),
     model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
@@ -214,7 +252,11 @@ def reproduce(
         console.print("experiments: " + (", ".join(names) if names else "none registered yet"))
         return
     exp = EXPERIMENTS.get(name)
-    exp.run(out=out, model=model, config=config, sets=set_ or [], seed=seed, device=device, dtype=dtype)
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
+    variants = [v.strip() for v in only.split(",") if v.strip()] if only else None
+    exp.run(out=out, model=model, config=config, sets=set_ or [], seed=seed, device=device, dtype=dtype,
+            limit=limit, only=variants)
 
 
 def main() -> None:

@@ -223,6 +223,22 @@ def test_evaluate_resume_needs_out(cli, tmp_path):
     _nothing_written(tmp_path)  # in particular no default runs/ folder
 
 
+@pytest.mark.parametrize("args, fragments", [
+    (("--batch-size", "4"), ("--batch-size", "--sequential")),
+    (("--checkpoints", "1,10"), ("--checkpoints", "--sequential")),
+    (("--sequential", "0"), ("--sequential",)),
+    (("--sequential", "5", "--batch-size", "10"), ("--batch-size", "larger")),
+    (("--sequential", "5", "--checkpoints", "2,9"), ("--checkpoints",)),
+    (("--sequential", "5", "--checkpoints", "two"), ("--checkpoints", "two")),
+    (("--sequential", "5", "--limit", "5"), ("--limit",)),
+    (("--sequential", "5", "--resume"), ("resumed",)),
+], ids=["batch-alone", "checkpoints-alone", "zero", "batch-too-big", "checkpoint-range", "checkpoint-text",
+        "limit", "resume"])
+def test_evaluate_sequential_option_errors(cli, tmp_path, out_dir, args, fragments):
+    assert_user_error(cli(*_evaluate(*args, "--out", out_dir)), *fragments)
+    _nothing_written(tmp_path)
+
+
 @pytest.mark.integration
 def test_evaluate_refuses_an_out_folder_with_records(cli, tmp_path, out_dir):
     out_dir.mkdir()
@@ -269,6 +285,16 @@ def test_reproduce_unknown_name(cli, tmp_path):
 
     for name in EXPERIMENTS.names():
         assert name in line
+    _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("--only", "memit,romee"), ("romee", "memit-nullspace")),
+    (("--limit", "0"), ("--limit",)),
+    (("--config", "x.yaml"), ("--set",)),
+], ids=["unknown-variant", "limit", "config"])
+def test_reproduce_sequential_errors_before_loading_the_model(cli, tmp_path, args, fragments):
+    assert_user_error(cli("reproduce", "sequential", "--out", tmp_path / "out", *args), *fragments)
     _nothing_written(tmp_path)
 
 

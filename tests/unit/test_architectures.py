@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import ARCHITECTURES as TINY_ARCHITECTURES
+from tiny import TEST_SENTENCES, tiny_model
 from torch import nn
 
 from robustedit.editors.keys import subject_keys, subject_prompts
@@ -17,8 +19,6 @@ from robustedit.models.hooks import capture_input, hooked
 from robustedit.models.prefix import PrefixCachedBatch
 from robustedit.models.specs import ARCHITECTURES, spec_for
 from robustedit.models.text import encode, pad, pad_id
-from tiny import ARCHITECTURES as TINY_ARCHITECTURES
-from tiny import TEST_SENTENCES, tiny_model
 
 ATOL = 1e-5
 

@@ -8,19 +8,25 @@ import json
 
 import pytest
 import torch
+from tiny import same_state, state_copy
 
 import robustedit.editors.memit  # noqa: F401  (registers "memit")
 from robustedit.editors.base import EDITORS, applied, apply_delta, build_editor
 from robustedit.editors.keys import group_mean
 from robustedit.editors.memit import MEMIT, MEMITConfig, memit_update
 from robustedit.editors.rome import rank_one_update
-from robustedit.editors.values import ValueConfig, optimize_value, optimize_values, site_module, subject_values
+from robustedit.editors.values import (
+    ValueConfig,
+    optimize_value,
+    optimize_values,
+    site_module,
+    subject_values,
+)
 from robustedit.errors import UserError
 from robustedit.models.hooks import hidden_of, hooked, with_hidden
 from robustedit.models.text import encode, fill, subject_last_index, target_ids
 from robustedit.request import EditRequest
 from robustedit.stats import covariance as cov
-from tiny import same_state, state_copy
 
 LAYERS = (0, 1)
 # λ = 10: the reference's 15000 is for GPT-J's MLP width 16384; kᵀC⁻¹k ≈ d_in = 64 here.

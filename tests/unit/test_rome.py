@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import same_state, state_copy
 
 import robustedit.editors.rome  # noqa: F401  (registers "rome")
 from robustedit.editors.base import EDITORS, applied, apply_delta, build_editor
@@ -14,7 +15,6 @@ from robustedit.editors.values import optimize_value
 from robustedit.errors import UserError
 from robustedit.models.text import encode, target_ids
 from robustedit.request import EditRequest
-from tiny import same_state, state_copy
 
 LAYER = 1
 CONFIG = {

@@ -15,7 +15,13 @@ from robustedit.models.load import LanguageModel
 from robustedit.paths import cache_root
 from robustedit.stats.cache import TensorCache
 from robustedit.stats.corpus import token_windows
-from robustedit.stats.covariance import StatsConfig, compute_second_moments, second_moment, second_moments, stats_key
+from robustedit.stats.covariance import (
+    StatsConfig,
+    compute_second_moments,
+    second_moment,
+    second_moments,
+    stats_key,
+)
 
 CFG = StatsConfig(n_tokens=1024, seq_len=32, batch_size=4)
 

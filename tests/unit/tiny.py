@@ -53,7 +53,14 @@ def build_tokenizer(directory: Path | None = None):
 
     With ``directory``, the trained ``tokenizer.json`` is kept there and reused when present.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     saved = Path(directory) / "tokenizer.json" if directory is not None else None

@@ -29,7 +29,14 @@ from dataclasses import dataclass
 
 import torch
 
-from robustedit.analysis.corrupt import Corruption, answer_probs, component_path, final_hidden, noise_hook, restore_hook
+from robustedit.analysis.corrupt import (
+    Corruption,
+    answer_probs,
+    component_path,
+    final_hidden,
+    noise_hook,
+    restore_hook,
+)
 from robustedit.models.hooks import capture_input, capture_output, hidden_of, hooked
 from robustedit.models.load import LanguageModel
 

@@ -41,7 +41,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from robustedit.analysis.corrupt import KINDS, clean_states, component_path, patched_probability, prepare
+from robustedit.analysis.corrupt import (
+    KINDS,
+    clean_states,
+    component_path,
+    patched_probability,
+    prepare,
+)
 from robustedit.analysis.restore import CorruptedSuffix, restored_probs
 from robustedit.errors import UserError
 from robustedit.models.load import LanguageModel

@@ -1,6 +1,15 @@
 """Editors compute deltas; importing this package registers them all."""
 
 from robustedit.editors import memit, rome  # noqa: F401  (register "memit", "rome")
-from robustedit.editors.base import EDITORS, Delta, Editor, applied, apply_delta, build_editor
+from robustedit.editors.base import (
+           EDITORS,
+           Delta,
+           Editor,
+           applied,
+           apply_delta,
+           build_editor,
+)
+from robustedit.editors.store import EditSequence, load_edit, save_edit, undo_saved
 
-__all__ = ["EDITORS", "Delta", "Editor", "applied", "apply_delta", "build_editor"]
+__all__ = ["EDITORS", "Delta", "EditSequence", "Editor", "applied", "apply_delta", "build_editor",
+           "load_edit", "save_edit", "undo_saved"]

@@ -27,6 +27,9 @@ class Delta:
 
     weights: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)  # editor, timing, diagnostics
+    # The keys (d_in, n) each weight was fitted to, by parameter name, for Editor.commit. Held in
+    # memory only: ``info`` is written to JSON manifests and the saved edit holds ``weights`` alone.
+    keys: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -80,6 +83,14 @@ class Editor(abc.ABC):
 
     @abc.abstractmethod
     def edit(self, requests: list[EditRequest]) -> Delta: ...
+
+    def commit(self, delta: Delta) -> None:
+        """Called by whoever applies a delta and keeps it; editors that remember earlier edits
+        (AlphaEdit's preserved keys) update that memory here; default: nothing.
+
+        ``edit`` never updates such memory itself: a delta that is evaluated and rolled back must
+        not constrain later edits.
+        """
 
 
 EDITORS: Registry[type[Editor]] = Registry("editor")

@@ -30,6 +30,12 @@ of the way (about half in the tiny-model tests).
 λ is commensurate with kᵀC⁻¹k, which for a typical key is about d_in (the MLP width): the
 reference's 15000 was tuned for GPT-J (d_in = 16384); a model with a narrower MLP needs a
 proportionally smaller λ for the same balance (SmolLM2: d_in = 1536).
+
+``nullspace.enabled`` replaces the closed form at each layer by AlphaEdit's (Fang et al. 2025;
+``editors/nullspace.py``): ΔW_l = R_l K_lᵀ P_l (K_p K_pᵀ P_l + K_l K_lᵀ P_l + l2 I)⁻¹ with P_l the
+null-space projector of C_l and K_p the keys at l of committed edits (``commit``), as the reference
+``AlphaEdit_main.apply_AlphaEdit_to_model``. The values, the keys and the spreading of the residual
+over the layers are unchanged; λ (``mom2_update_weight``) is unused, as in the reference.
 """
 
 from __future__ import annotations
@@ -39,9 +45,21 @@ from itertools import pairwise
 
 import torch
 
-from robustedit.editors.base import Delta, Editor, Stopwatch, apply_delta, register_editor
+from robustedit.editors.base import (
+    Delta,
+    Editor,
+    Stopwatch,
+    apply_delta,
+    register_editor,
+)
 from robustedit.editors.context import generate_context_groups
 from robustedit.editors.keys import group_mean, subject_keys
+from robustedit.editors.nullspace import (
+    NullspaceConfig,
+    NullSpaceState,
+    alphaedit_update,
+    fit_error,
+)
 from robustedit.editors.values import ValueConfig, optimize_values, subject_values
 from robustedit.errors import UserError
 from robustedit.request import EditRequest
@@ -67,10 +85,12 @@ class MEMITConfig:
         default=((10, 5),), metadata={"help": "[[new tokens, count], ...] of generated prefixes (reference: [[10, 5]])"})
     context_seed: int = field(default=0, metadata={"help": "seed for sampling the prefixes"})
     mom2_update_weight: float = field(default=15000.0, metadata={
-        "help": "λ in (λC + KKᵀ)⁻¹; scale with the MLP width (reference: 15000 for GPT-J)"})
+        "help": "λ in (λC + KKᵀ)⁻¹; scale with the MLP width (reference: 15000 for GPT-J); unused by AlphaEdit"})
     v_batch_size: int = field(default=16, metadata={
         "help": "requests whose δ are optimised together in one batched forward (same result, faster)"})
     stats: StatsConfig = field(default_factory=StatsConfig, metadata={"help": "key statistics C per layer"})
+    nullspace: NullspaceConfig = field(default_factory=NullspaceConfig, metadata={
+        "help": "AlphaEdit's null-space-constrained update at every layer (off by default)"})
 
     def __post_init__(self) -> None:
         layers = tuple(self.layers)
@@ -114,6 +134,7 @@ class MEMIT(Editor):
             lm.check_layer(layer)
         self._groups: list[list[str]] | None = None
         self._C: dict[int, torch.Tensor] | None = None
+        self._null = NullSpaceState(self.config.nullspace)
 
     @property
     def z_layer(self) -> int:
@@ -133,9 +154,22 @@ class MEMIT(Editor):
             self._C = second_moments(self.lm, list(self.config.layers), self.config.stats)
         return self._C
 
+    def null_basis(self, layer: int) -> torch.Tensor:
+        """Û ``(d_in, r)``: AlphaEdit's null space of C at ``layer`` (computed once per editor)."""
+        return self._null.basis(layer, self.covariances()[layer])
+
+    def commit(self, delta: Delta) -> None:
+        """With ``nullspace.enabled``, remember the keys of an applied delta at every edited layer:
+        later edits then leave them nearly unchanged. Otherwise nothing."""
+        if self.config.nullspace.enabled:
+            self._null.commit(delta, {self.lm.down_proj_weight_name(layer): layer for layer in self.config.layers})
+
     def prepare(self) -> None:
         self.context_groups()
         self.covariances()
+        if self.config.nullspace.enabled:
+            for layer in self.config.layers:
+                self.null_basis(layer)
 
     def target_values(self, requests: list[EditRequest]) -> tuple[torch.Tensor, list[dict]]:
         """z ``(n, d)`` at the last edited layer for each request, on the current model, and
@@ -171,10 +205,13 @@ class MEMIT(Editor):
             self.context_groups()
         with sw("stats"):
             C = self.covariances()
+            bases = {layer: self.null_basis(layer) for layer in cfg.layers} if cfg.nullspace.enabled else None
         with sw("value"):
             Z, value_infos = self.target_values(requests)  # (n, d)
         weights: dict[str, torch.Tensor] = {}
+        keys: dict[str, torch.Tensor] = {}
         z_error: list[float] = []
+        null_info: dict[str, list] = {"rank": [], "fit_error": [], "preserved_keys": []}
         backups = []
         try:
             for i, layer in enumerate(cfg.layers):
@@ -183,12 +220,20 @@ class MEMIT(Editor):
                     H = self.current_hidden(requests)  # (n, d)
                 residual = (Z - H).T  # (d, n)
                 z_error.append(float(residual.norm(dim=0).mean()))
+                resid = residual / (len(cfg.layers) - i)  # spread over this and the layers above
                 with sw("update"), torch.no_grad():
-                    upd = memit_update(K, residual / (len(cfg.layers) - i), C[layer], cfg.mom2_update_weight)
+                    if bases is None:
+                        upd = memit_update(K, resid, C[layer], cfg.mom2_update_weight)
+                    else:
+                        upd = alphaedit_update(K, resid, bases[layer], self._null.preserved(layer), cfg.nullspace.l2)
+                        null_info["rank"].append(bases[layer].shape[1])
+                        null_info["fit_error"].append(fit_error(upd, K, resid))
+                        null_info["preserved_keys"].append(self._null.counts.get(layer, 0))
                     name = lm.down_proj_weight_name(layer)
                     W = lm.down_proj(layer).weight
                     dW = (upd.T if lm.spec.weight_is_in_out else upd).to(W.dtype)  # Conv1D stores (d_in, d_out)
                 weights[name] = dW
+                keys[name] = K
                 backups.append(apply_delta(lm, Delta({name: dW})))
         finally:
             for backup in reversed(backups):
@@ -202,4 +247,6 @@ class MEMIT(Editor):
             "requests": value_infos,
             "timing": sw.times,
         }
-        return Delta(weights, info)
+        if bases is not None:
+            info["nullspace"] = null_info  # per layer, in the order of `layers`
+        return Delta(weights, info, keys=keys)

@@ -13,6 +13,12 @@ fix; ``update_key="prompt"`` reproduces the reference behaviour.
 
 Several requests are edited one after another, each on the model already carrying the previous
 ones (as the reference ``apply_rome_to_model``); the returned delta is their sum.
+
+``nullspace.enabled`` replaces the rank-one C⁻¹ update by AlphaEdit's null-space-constrained one
+(``editors/nullspace.py``; Fang et al. 2025) for the single key k = k_update and residual
+r = v* − W k at the one layer: ΔW = r kᵀ P (K_p K_pᵀ P + k kᵀ P + l2 I)⁻¹, where K_p are the keys of
+committed edits (``commit``) and of the requests edited earlier in the same ``edit`` call. This
+applies AlphaEdit, which the paper states for MEMIT, to ROME's single layer: our adaptation.
 """
 
 from __future__ import annotations
@@ -21,9 +27,22 @@ from dataclasses import dataclass, field
 
 import torch
 
-from robustedit.editors.base import Delta, Editor, Stopwatch, apply_delta, register_editor
+from robustedit.editors.base import (
+    Delta,
+    Editor,
+    Stopwatch,
+    apply_delta,
+    register_editor,
+)
 from robustedit.editors.context import generate_context_templates
 from robustedit.editors.keys import subject_keys
+from robustedit.editors.nullspace import (
+    NullspaceConfig,
+    NullSpaceState,
+    alphaedit_update,
+    fit_error,
+    with_keys,
+)
 from robustedit.editors.values import ValueConfig, optimize_value
 from robustedit.request import EditRequest
 from robustedit.stats.covariance import StatsConfig, second_moment
@@ -44,7 +63,9 @@ class ROMEConfig:
     context_seed: int = field(default=0, metadata={"help": "seed for sampling the prefixes"})
     update_key: str = field(default="averaged", metadata={"help": "'averaged' (r-ROME fix) or 'prompt' (reference ROME)"})
     mom2_adjustment: bool = field(default=True, metadata={
-        "help": "use C⁻¹ in the update (ROME paper); false = C = I, EasyEdit's Llama setting"})
+        "help": "use C⁻¹ in the update (ROME paper); false = C = I, EasyEdit's Llama setting; unused by AlphaEdit"})
+    nullspace: NullspaceConfig = field(default_factory=NullspaceConfig, metadata={
+        "help": "AlphaEdit's null-space-constrained update instead of the rank-one one (off by default)"})
     stats: StatsConfig = field(default_factory=StatsConfig, metadata={"help": "key statistics C"})
 
     def __post_init__(self) -> None:
@@ -83,6 +104,7 @@ class ROME(Editor):
         lm.check_layer(self.config.layer)
         self._templates: list[str] | None = None
         self._C: torch.Tensor | None = None
+        self._null = NullSpaceState(self.config.nullspace)
 
     def context_templates(self) -> list[str]:
         if self._templates is None:  # generated once per editor: the same for every request
@@ -92,7 +114,9 @@ class ROME(Editor):
 
     def prepare(self) -> None:
         self.context_templates()
-        if self.config.mom2_adjustment:
+        if self.config.nullspace.enabled:
+            self.null_basis()
+        elif self.config.mom2_adjustment:
             self.covariance()
 
     def covariance(self) -> torch.Tensor:
@@ -100,32 +124,49 @@ class ROME(Editor):
             self._C = second_moment(self.lm, self.config.layer, self.config.stats)
         return self._C
 
+    def null_basis(self) -> torch.Tensor:
+        """Û ``(d_in, r)``: AlphaEdit's null space of C at the layer (computed once per editor)."""
+        return self._null.basis(self.config.layer, self.covariance())
+
+    def commit(self, delta: Delta) -> None:
+        """With ``nullspace.enabled``, remember the keys of an applied delta: later edits then
+        leave them nearly unchanged. Otherwise nothing (the rank-one update has no memory)."""
+        if self.config.nullspace.enabled:
+            self._null.commit(delta, {self.lm.down_proj_weight_name(self.config.layer): self.config.layer})
+
     def edit(self, requests: list[EditRequest]) -> Delta:
         if not requests:
             raise ValueError("no requests to edit")
         total: dict[str, torch.Tensor] = {}
+        keys: dict[str, list[torch.Tensor]] = {}
         infos, backups = [], []
         try:
             for request in requests:
-                delta = self._edit_one(request)
+                # AlphaEdit preserves the keys of this call's earlier requests like committed ones.
+                earlier = [k for ks in keys.values() for k in ks]
+                delta = self._edit_one(request, earlier)
                 infos.append(delta.info)
                 for name, d in delta.weights.items():
                     total[name] = total[name] + d if name in total else d
+                    keys.setdefault(name, []).append(delta.keys[name][:, 0])
                 if len(requests) > 1:
                     backups.append(apply_delta(self.lm, delta))
         finally:
             for backup in reversed(backups):
                 backup.restore()
         info = infos[0] if len(infos) == 1 else {"editor": self.name, "requests": infos}
-        return Delta(total, info)
+        return Delta(total, info, keys={name: torch.stack(ks, dim=1) for name, ks in keys.items()})
 
-    def _edit_one(self, request: EditRequest) -> Delta:
+    def _edit_one(self, request: EditRequest, earlier: list[torch.Tensor]) -> Delta:
+        """The delta of one request on the current model; ``earlier`` are the keys ``(d_in,)`` of
+        requests edited before it in the same call (used by AlphaEdit only)."""
         cfg, lm, sw = self.config, self.lm, Stopwatch()
         module = lm.down_proj(cfg.layer)
         with sw("context"):
             contexts = self.context_templates()
         with sw("stats"):
-            C = self.covariance() if cfg.mom2_adjustment else None
+            C = self.covariance() if cfg.mom2_adjustment and not cfg.nullspace.enabled else None
+            basis = self.null_basis() if cfg.nullspace.enabled else None
         with sw("key"):
             templates = [c.format(request.prompt) for c in contexts]
             keys = subject_keys(lm, cfg.layer, templates, request.subject)  # (N, d_in)
@@ -133,9 +174,19 @@ class ROME(Editor):
             k_update = k_star if cfg.update_key == "averaged" else keys[0]  # contexts[0] is "{}"
         with sw("value"):
             value = optimize_value(lm, cfg.layer, request, templates, cfg.value)
+        extra: dict = {}
         with sw("update"), torch.no_grad():
-            lam, u = rank_one_update(lambda k: module(k[None].to(lm.dtype))[0], C, k_star, k_update, value.target)
-            dW = torch.outer(u, lam) if lm.spec.weight_is_in_out else torch.outer(lam, u)
+            if basis is None:
+                lam, u = rank_one_update(lambda k: module(k[None].to(lm.dtype))[0], C, k_star, k_update, value.target)
+                dW = torch.outer(u, lam) if lm.spec.weight_is_in_out else torch.outer(lam, u)
+            else:
+                K = k_update[:, None]  # (d_in, 1)
+                R = (value.target.double() - module(k_update[None].to(lm.dtype))[0].double())[:, None]  # (d_out, 1)
+                preserved = with_keys(self._null.preserved(cfg.layer), earlier)
+                upd = alphaedit_update(K, R, basis, preserved, cfg.nullspace.l2)  # (d_out, d_in)
+                dW = upd.T if lm.spec.weight_is_in_out else upd  # Conv1D stores (d_in, d_out)
+                extra = {"nullspace": {"rank": basis.shape[1], "fit_error": fit_error(upd, K, R),
+                                       "preserved_keys": self._null.counts.get(cfg.layer, 0) + len(earlier)}}
         info = {
             "editor": self.name,
             "layer": cfg.layer,
@@ -144,5 +195,7 @@ class ROME(Editor):
             "delta_norm": float(value.delta.norm()),
             "v0_norm": float(value.target_init.norm()),
             "timing": sw.times,
+            **extra,
         }
-        return Delta({lm.down_proj_weight_name(cfg.layer): dW.to(module.weight.dtype)}, info)
+        name = lm.down_proj_weight_name(cfg.layer)
+        return Delta({name: dW.to(module.weight.dtype)}, info, keys={name: k_update.detach()[:, None]})

@@ -29,6 +29,10 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {name} | {value:.3f} | {help_} |")
     if summary.get("pre_edit"):
         lines += ["", f"Unedited model: true target top-1 on {summary['pre_edit']['true_top1']:.1%} of edit prompts."]
+    if summary.get("sequential"):
+        seq = summary["sequential"]
+        lines += ["", f"Sequential: {seq['n']} edits, {seq['batch_size']} per call, never rolled back; "
+                  "metrics over the facts edited so far at each checkpoint:", "", sequential_markdown(seq["checkpoints"])]
     lines += ["", "| timing | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in summary["timing"].items()]
     return "\n".join(lines) + "\n"
@@ -37,3 +41,47 @@ def summary_markdown(summary: dict) -> str:
 def write_summary(out_dir: Path, summary: dict) -> None:
     _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     _atomic_write(out_dir / "summary.md", summary_markdown(summary))
+
+
+SEQUENTIAL_PANELS = ("efficacy", "paraphrase", "neighborhood", "efficacy_top1", "perplexity", "neighbor_agreement")
+
+
+def sequential_markdown(points: list[dict]) -> str:
+    """One row per checkpoint: the metrics over the facts edited so far and the ability probe."""
+    names = sorted({k for p in points for k in p["metrics"]})
+    lines = ["| edits | " + " | ".join(names) + " | perplexity | neighbor_agreement |",
+             "|---|" + "---|" * (len(names) + 2)]
+    for p in points:
+        cells = [f"{p['metrics'][k]:.3f}" if k in p["metrics"] else "" for k in names]
+        lines.append(f"| {p['n_edits']} | " + " | ".join(cells) + f" | {p['perplexity']:.2f} | {p['neighbor_agreement']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_sequential_plot(path: Path, runs: dict[str, list[dict]]) -> Path:
+    """Metrics against the number of edits (log scale), one line per run; the unedited model's
+    perplexity and agreement (n = 0) are the dotted lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    for ax, name in zip(axes.flat, SEQUENTIAL_PANELS):
+        for label, points in runs.items():
+            edited = [p for p in points if p["n_edits"] > 0]
+            xs = [p["n_edits"] for p in edited]
+            ys = [p.get(name, p["metrics"].get(name)) for p in edited]
+            line = ax.plot(xs, ys, marker="o", label=label)[0]
+            if name in points[0]:  # the unedited model's value
+                ax.axhline(points[0][name], color=line.get_color(), linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("sequential edits")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -16,3 +16,10 @@ class Experiment:
 
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment")
+
+
+def _register_all() -> None:
+    from robustedit.experiments import sequential  # noqa: F401  (registers itself)
+
+
+_register_all()
