@@ -129,6 +129,24 @@ def test_prefix_cached_hidden_equals_full_forward(tiny_lm, split_of):
     torch.testing.assert_close(again, got, atol=0, rtol=0)
 
 
+def test_selected_rows_of_a_prefix_cached_batch_equal_their_full_forward(tiny_lm):
+    """Dropping rows (finished requests) keeps the others' hidden states and trims padding columns."""
+    tok = tiny_lm.tokenizer
+    rows = [encode(tok, s) for s in TEST_SENTENCES[:4]]
+    split = [0, 4, len(rows[2]) - 1, 2]
+    expected = full_suffix_hidden(tiny_lm, rows, split)
+    keep = torch.tensor([1, 2])
+    with torch.no_grad():
+        full = PrefixCachedBatch.build(tiny_lm, rows, split, pad_id(tok))
+        got = full.select(keep).hidden()
+        again = full.hidden()  # selecting leaves the original batch usable
+    assert got.shape[1] == max(len(rows[i]) - split[i] for i in keep.tolist())
+    for j, i in enumerate(keep.tolist()):
+        torch.testing.assert_close(got[j, : expected[i].shape[0]], expected[i], atol=ATOL, rtol=1e-4)
+    for i, e in enumerate(expected):
+        torch.testing.assert_close(again[i, : e.shape[0]], e, atol=ATOL, rtol=1e-4)
+
+
 @pytest.mark.parametrize("sliding", ["mistral", "gemma2", "gemma3_text"])
 def test_prefix_cached_hidden_with_rows_longer_than_the_sliding_window(sliding, tokenizer):
     lm = tiny_model(sliding, tokenizer, sliding_window=6)

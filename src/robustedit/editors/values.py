@@ -95,6 +95,25 @@ class _RewriteBatch:
     target_weights: torch.Tensor  # (M,) 1/len(target)/n_templates, so a request's sum is its mean NLL
     kl_rows: torch.Tensor  # (K,) rows of the KL prompts
 
+    def subset(self, keep: torch.Tensor) -> "_RewriteBatch":
+        """The rows of the requests where ``keep`` ``(n,)`` is true; request indices stay the same."""
+        rows = keep[self.owner].nonzero()[:, 0]
+        new_index = torch.full_like(self.owner, -1)
+        new_index[rows] = torch.arange(len(rows), device=rows.device)
+        t = keep[self.owner[self.target_rows]]
+        k = keep[self.owner[self.kl_rows]]
+        return _RewriteBatch(self.forward.select(rows), self.owner[rows], new_index[self.first_row],
+                             new_index[self.target_rows[t]], self.target_cols[t], self.target_tokens[t],
+                             self.target_weights[t], new_index[self.kl_rows[k]])
+
+
+def suffix_length(tokenizer, request: EditRequest) -> int:
+    """Tokens from the subject's last token to the end of the teacher-forced target, the columns
+    every optimisation step runs (the same for every context prefix)."""
+    rows, last = subject_prompts(tokenizer, [request.prompt], request.subject)
+    text, _, _ = fill(request.prompt, request.subject)
+    return len(rows[0]) - last[0] + len(target_ids(tokenizer, text, request.target_new)) - 1
+
 
 def rewrite_batch(lm: LanguageModel, requests: list[EditRequest], templates_of: list[list[str]],
                   kl_prompts: tuple[str, ...]) -> _RewriteBatch:
@@ -161,21 +180,23 @@ def optimize_values(lm: LanguageModel, layer: int, requests: list[EditRequest], 
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    results: list[ValueResult] = []
-    for i in range(0, len(requests), batch_size):
-        results += _optimize_batch(lm, layer, requests[i : i + batch_size], templates_of[i : i + batch_size], cfg)
-    return results
+    # Requests with equally long suffixes share a batch: less padding in every step.
+    order = sorted(range(len(requests)), key=lambda i: suffix_length(lm.tokenizer, requests[i]))
+    results: dict[int, ValueResult] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        found = _optimize_batch(lm, layer, [requests[i] for i in chunk], [templates_of[i] for i in chunk], cfg)
+        results.update(zip(chunk, found))
+    return [results[i] for i in range(len(requests))]
 
 
 def _optimize_batch(lm: LanguageModel, layer: int, requests: list[EditRequest], templates_of: list[list[str]],
                     cfg: ValueConfig) -> list[ValueResult]:
+    """One Adam run over the δ ``(n, d)`` of ``requests``; a request that reaches its early stop
+    (or the last step) is frozen and its rows leave the batch."""
     n = len(requests)
     rb = rewrite_batch(lm, requests, templates_of, cfg.kl_prompts)
     module = site_module(lm, layer, cfg.site)
-    kl_cols = torch.zeros_like(rb.kl_rows)  # the subject's last token
-    kl_owner = rb.owner[rb.kl_rows]
-    kl_per_request = torch.bincount(kl_owner, minlength=n).clamp(min=1)
-    target_owner = rb.owner[rb.target_rows]
     # Both sites write into the residual stream, so δ has its width whatever the site.
     delta = torch.zeros(n, lm.d_model, device=lm.device, dtype=torch.float32, requires_grad=True)
     captured: dict[str, torch.Tensor] = {}
@@ -188,7 +209,7 @@ def _optimize_batch(lm: LanguageModel, layer: int, requests: list[EditRequest], 
         return with_hidden(out, torch.cat([shifted, h[:, 1:]], dim=1))
 
     opt = torch.optim.Adam([delta], lr=cfg.lr)
-    kl_init = None
+    kl_init = None  # (K, vocab) log-probabilities of the KL rows before any step, aligned with rb.kl_rows
     losses: list[list[float]] = [[] for _ in range(n)]
     active = torch.ones(n, dtype=torch.bool, device=lm.device)
     with hooked(module, post=add_delta):
@@ -197,15 +218,18 @@ def _optimize_batch(lm: LanguageModel, layer: int, requests: list[EditRequest], 
             hidden = rb.forward.hidden()  # (B, S, d)
             logp = torch.log_softmax(logits_at(lm, hidden, rb.target_rows, rb.target_cols).float(), dim=-1)
             token_nll = -logp.gather(1, rb.target_tokens[:, None])[:, 0] * rb.target_weights
-            nll = torch.zeros(n, device=lm.device).index_add(0, target_owner, token_nll)
-            kl_logp = torch.log_softmax(logits_at(lm, hidden, rb.kl_rows, kl_cols).float(), dim=-1)
+            nll = torch.zeros(n, device=lm.device).index_add(0, rb.owner[rb.target_rows], token_nll)
+            kl_logp = torch.log_softmax(logits_at(lm, hidden, rb.kl_rows, torch.zeros_like(rb.kl_rows)).float(), dim=-1)
             if kl_init is None:
                 kl_init = kl_logp.detach().clone()
+            kl_owner = rb.owner[rb.kl_rows]
             row_kl = F.kl_div(kl_init, kl_logp, log_target=True, reduction="none").sum(-1)
-            kl = cfg.kl_factor * torch.zeros(n, device=lm.device).index_add(0, kl_owner, row_kl) / kl_per_request
+            kl_sum = torch.zeros(n, device=lm.device).index_add(0, kl_owner, row_kl)
+            kl = cfg.kl_factor * kl_sum / torch.bincount(kl_owner, minlength=n).clamp(min=1)
             v0 = captured["v0"]
             decay = cfg.weight_decay * (delta.norm(dim=1) / v0.norm(dim=1) ** 2)
-            loss = nll + kl + decay  # (n,)
+            loss = nll + kl + decay  # (n,); only active requests' entries are meaningful
+            was_active = active.clone()
             for r in active.nonzero()[:, 0].tolist():
                 losses[r].append(loss[r].item())
                 if losses[r][-1] < cfg.early_stop_loss or step == cfg.num_steps - 1:
@@ -220,6 +244,9 @@ def _optimize_batch(lm: LanguageModel, layer: int, requests: list[EditRequest], 
                 max_norm = cfg.clamp_norm_factor * v0.norm(dim=1, keepdim=True)
                 norms = delta.norm(dim=1, keepdim=True)
                 delta.mul_(torch.where(norms > max_norm, max_norm / norms, torch.ones_like(norms)))
+            if not torch.equal(active, was_active):  # finished requests' rows leave the batch
+                kl_init = kl_init[active[kl_owner]]
+                rb = rb.subset(active)
     d = delta.detach().clone()
     v0 = captured["v0"]
     return [ValueResult(target=v0[r] + d[r], target_init=v0[r], delta=d[r], losses=losses[r]) for r in range(n)]

@@ -57,6 +57,18 @@ class PrefixCachedBatch:
             _sanitize(cache)
         return cls(lm, ids[:, P:], mask, pos, P, cache)
 
+    def select(self, rows: torch.Tensor) -> "PrefixCachedBatch":
+        """The batch of ``rows`` only (its own copy of their cache), with suffix columns that are
+        padding in every kept row dropped: removing finished rows makes each step cheaper."""
+        mask = self.mask[rows]
+        S = int(mask[:, self.prefix_len:].sum(1).max())  # suffixes start at column P in every row
+        cache = None
+        if self.cache is not None:
+            cache = copy.deepcopy(self.cache)
+            cache.batch_select_indices(rows)
+        return PrefixCachedBatch(self.lm, self.suffix_ids[rows, :S], mask[:, : self.prefix_len + S],
+                                 self.positions[rows, : self.prefix_len + S], self.prefix_len, cache)
+
     def hidden(self) -> torch.Tensor:
         """Final hidden states of the suffix columns ``(B, S, d)``."""
         kwargs = dict(input_ids=self.suffix_ids, attention_mask=self.mask, position_ids=self.positions[:, self.prefix_len:])
