@@ -39,6 +39,8 @@ def _bundle(name: str, filename: str, description: str, aliases: tuple[str, ...]
 _bundle("counterfact", "counterfact.json", "CounterFact, 925 cases, original schema")
 _bundle("rep-valid", "rep_valid.json", "100 CounterFact cases with subject rephrasings (REP paper)",
         aliases=("rep_valid",))
+_bundle("counterfact-val", "counterfact_val.json",
+        "1,801 CounterFact cases, EasyEdit's flat schema (1 paraphrase, 1 neighbour each)", aliases=("counterfact_val",))
 # The contract's example name `zsre` means this file: it is the only zsRE data bundled.
 _bundle("zsre-rephrase", "zsre_subject_rephrases.json",
         "340 zsRE cases with subject rephrasings (REP paper)", aliases=("zsre_rephrase", "zsre"))

@@ -1,7 +1,8 @@
 """``robustedit reproduce sequential``: metrics against the number of sequential edits, per editor
 (the shape of the SSS paper's Table 2), with MEMIT's null-space (AlphaEdit) variant beside it.
 
-Each variant is one sequential run of the first N CounterFact cases (``eval.sequential``), scored
+Each variant is one sequential run of the first N cases of ``counterfact-val`` (CounterFact in
+EasyEdit's schema; the 925-case original file is too small for N = 1000) (``eval.sequential``), scored
 at 1, 10, 100, … and N edits, in its own folder ``OUT/<variant>/``. A variant whose folder already
 has a ``summary.json`` is not run again, so an interrupted reproduction continues where it stopped
 (the variant in flight starts over). The combined table and plot are ``OUT/sequential.{json,md,png}``.
@@ -22,7 +23,7 @@ from robustedit.eval.runner import RunInfo
 from robustedit.eval.sequential import SequentialPlan, run_sequential
 from robustedit.experiments import EXPERIMENTS, Experiment
 
-DATASET = "counterfact"
+DATASET = "counterfact-val"  # 1,801 cases: 1,000 edits and held-out probe cases
 N_MAX = 1000
 PROBE_CASES = 50
 
