@@ -69,11 +69,12 @@ from robustedit.stats.covariance import StatsConfig, second_moments
 @dataclass(frozen=True)
 class MEMITConfig:
     """MEMIT's hyperparameters. Defaults follow the reference GPT-J file
-    (``hparams/MEMIT/EleutherAI_gpt-j-6B.json``) except ``layers``: (2, 3, 4) is provisional for
-    SmolLM2 until causal tracing picks the range."""
+    (``hparams/MEMIT/EleutherAI_gpt-j-6B.json``: layers 3–8, λ = 15000). A model's own file in
+    ``resources/configs/memit/<model>.yaml`` overrides them; SmolLM2's (layers 2–6, λ = 600) was
+    measured with ``benchmarks/memit_sweep.py``: the reference λ leaves efficacy at 0.34 there."""
 
-    layers: tuple[int, ...] = field(default=(2, 3, 4), metadata={
-        "help": "edited layers, strictly increasing; δ is optimised at the last (provisional default)"})
+    layers: tuple[int, ...] = field(default=(3, 4, 5, 6, 7, 8), metadata={
+        "help": "edited layers, strictly increasing; δ is optimised at the last"})
     v_num_grad_steps: int = field(default=25, metadata={"help": "Adam steps for each δᵢ"})
     v_lr: float = field(default=0.5, metadata={"help": "Adam learning rate for δᵢ"})
     v_weight_decay: float = field(default=0.5, metadata={"help": "weight of ‖δ‖/‖h₀‖² in the loss"})
