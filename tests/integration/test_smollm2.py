@@ -73,3 +73,21 @@ def test_evaluate_writes_records_and_resumes(smollm2, tmp_path):
         assert 0.0 <= saved["metrics"][name] <= 1.0
     assert "edit_s_median" in saved["timing"]
     assert (tmp_path / "summary.md").read_text().startswith("# rome on counterfact")
+
+
+def test_memit_batch_edits_every_fact_and_spares_neighbours(smollm2):
+    cases = load_cases("counterfact", limit=3)
+    editor, _ = make_editor("memit", smollm2)
+    state = {k: v.clone() for k, v in smollm2.model.state_dict().items()}
+    neighbours = [p for c in cases for p in c.neighborhood_prompts]
+    before = top1(smollm2, neighbours)
+    delta = editor.edit([c.request for c in cases])
+    assert len(delta.weights) == len(editor.config.layers)
+    with applied(smollm2, delta):
+        for case in cases:
+            s = score_pairs(smollm2, [(case.request.text, case.request.target_new)])[0]
+            assert s.first_top1, f"{case.request.text!r} does not continue with {case.request.target_new!r}"
+        after = top1(smollm2, neighbours)
+    kept = sum(a == b for a, b in zip(before, after))
+    assert kept >= 0.7 * len(neighbours), f"only {kept}/{len(neighbours)} neighbour prompts kept their prediction"
+    assert all(torch.equal(v, smollm2.model.state_dict()[k]) for k, v in state.items())

@@ -3,7 +3,7 @@
 
 Each variant is one sequential run of the first N cases of ``counterfact-val`` (CounterFact in
 EasyEdit's schema; the 925-case original file is too small for N = 1000) (``eval.sequential``), scored
-at 1, 10, 100, … and N edits, in its own folder ``OUT/<variant>/``. A variant whose folder already
+at 1, 10, 100, … and N edits, in its own folder ``OUT/<variant>-n<N>/``. A variant whose folder already
 has a ``summary.json`` is not run again, so an interrupted reproduction continues where it stopped
 (the variant in flight starts over). The combined table and plot are ``OUT/sequential.{json,md,png}``.
 """
@@ -64,7 +64,7 @@ def run(*, out: Path | None, model: str, config: str | None, sets: list[str], se
     lm = _setup(model, dtype, device, seed)
     results = {}
     for variant in variants:
-        folder = out / variant.name
+        folder = out / f"{variant.name}-n{n}"
         if (folder / "summary.json").exists():
             results[variant.name] = json.loads((folder / "summary.json").read_text())
             continue
