@@ -12,7 +12,7 @@ from tiny import same_state, state_copy
 
 import robustedit.editors.memit  # noqa: F401  (registers "memit")
 from robustedit.editors.base import EDITORS, applied, apply_delta, build_editor
-from robustedit.editors.keys import group_mean
+from robustedit.editors.keys import group_mean, subject_keys
 from robustedit.editors.memit import MEMIT, MEMITConfig, memit_update
 from robustedit.editors.rome import rank_one_update
 from robustedit.editors.values import (
@@ -284,6 +284,20 @@ def test_values_optimised_in_one_batch_equal_one_at_a_time(tiny_lm, site):
         torch.testing.assert_close(b.target_init, a.target_init, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(b.delta, a.delta, atol=1e-4, rtol=1e-3)
         assert b.losses == pytest.approx(a.losses, rel=1e-4, abs=1e-5)
+
+
+def test_keys_of_a_batch_of_requests_equal_each_request_alone(tiny_lm):
+    """MEMIT reads the keys of all requests in shared padded batches; each equals its own pass."""
+    editor = build_editor("memit", tiny_lm, CONFIG)
+    K = editor.layer_keys(1, REQUESTS)
+    sizes = [len(g) for g in editor.context_groups()]
+    for i, r in enumerate(REQUESTS):
+        alone = subject_keys(tiny_lm, 1, [c.format(r.prompt) for c in editor.context_templates()], r.subject)
+        torch.testing.assert_close(K[:, i], group_mean(alone, sizes), atol=1e-5, rtol=1e-4)
+    H = editor.current_hidden(REQUESTS)
+    for i, r in enumerate(REQUESTS):
+        torch.testing.assert_close(H[i], subject_values(tiny_lm, editor.z_layer, "layer_out", [r.prompt], r.subject)[0],
+                                   atol=1e-5, rtol=1e-4)
 
 
 def test_unknown_value_site_is_rejected():

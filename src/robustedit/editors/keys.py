@@ -20,16 +20,30 @@ def subject_prompts(tokenizer, templates: list[str], subject: str) -> tuple[list
 
 
 @torch.no_grad()
-def subject_keys(lm: LanguageModel, layer: int, templates: list[str], subject: str) -> torch.Tensor:
-    """Keys ``(N, d_in)`` of ``subject`` in each template (a string with one ``{}``).
+def at_subjects(lm: LanguageModel, module: torch.nn.Module, filled: list[tuple[str, str]], *, output: bool,
+                batch_size: int = 64) -> torch.Tensor:
+    """The input (``output=False``) or output of ``module`` at the subject's last token of each
+    ``(template, subject)`` pair, ``(N, width)``, in padded batches of up to ``batch_size`` prompts
+    (of any subjects: one call serves a whole batch of requests). The forward pass stops at
+    ``module``: nothing above it can change the result."""
+    rows, last = [], []
+    for template, subject in filled:
+        r, i = subject_prompts(lm.tokenizer, [template], subject)
+        rows += r
+        last += i
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk, idx = rows[start : start + batch_size], last[start : start + batch_size]
+        batch = pad(chunk, pad_id(lm.tokenizer), lm.device)
+        h = run_until(lm.model, module, output=output, input_ids=batch.input_ids,
+                      attention_mask=batch.attention_mask, use_cache=False)  # (B, T, width)
+        out.append(h[torch.arange(len(chunk)), torch.tensor(idx)])
+    return torch.cat(out)
 
-    The forward pass stops at the layer's down-projection: nothing above it can change the key.
-    """
-    rows, last = subject_prompts(lm.tokenizer, templates, subject)
-    batch = pad(rows, pad_id(lm.tokenizer), lm.device)
-    k = run_until(lm.model, lm.down_proj(layer), input_ids=batch.input_ids,
-                  attention_mask=batch.attention_mask, use_cache=False)  # (N, T, d_in)
-    return k[torch.arange(len(rows)), torch.tensor(last)]
+
+def subject_keys(lm: LanguageModel, layer: int, templates: list[str], subject: str) -> torch.Tensor:
+    """Keys ``(N, d_in)`` of ``subject`` in each template (a string with one ``{}``)."""
+    return at_subjects(lm, lm.down_proj(layer), [(t, subject) for t in templates], output=False)
 
 
 def group_mean(keys: torch.Tensor, sizes: list[int]) -> torch.Tensor:

@@ -53,14 +53,14 @@ from robustedit.editors.base import (
     register_editor,
 )
 from robustedit.editors.context import generate_context_groups
-from robustedit.editors.keys import group_mean, subject_keys
+from robustedit.editors.keys import at_subjects, group_mean
 from robustedit.editors.nullspace import (
     NullspaceConfig,
     NullSpaceState,
     alphaedit_update,
     fit_error,
 )
-from robustedit.editors.values import ValueConfig, optimize_values, subject_values
+from robustedit.editors.values import ValueConfig, optimize_values, site_module
 from robustedit.errors import UserError
 from robustedit.request import EditRequest
 from robustedit.stats.covariance import StatsConfig, second_moments
@@ -186,17 +186,18 @@ class MEMIT(Editor):
         return torch.stack(zs), infos
 
     def layer_keys(self, layer: int, requests: list[EditRequest]) -> torch.Tensor:
-        """K ``(d_in, n)``: each subject's group-averaged key at ``layer`` on the current model."""
+        """K ``(d_in, n)``: each subject's group-averaged key at ``layer`` on the current model
+        (the prompts of all requests share padded batches)."""
         sizes = [len(g) for g in self.context_groups()]
-        cols = []
-        for r in requests:
-            keys = subject_keys(self.lm, layer, [c.format(r.prompt) for c in self.context_templates()], r.subject)
-            cols.append(group_mean(keys, sizes))
-        return torch.stack(cols, dim=1)
+        contexts = self.context_templates()
+        filled = [(c.format(r.prompt), r.subject) for r in requests for c in contexts]
+        keys = at_subjects(self.lm, self.lm.down_proj(layer), filled, output=False)  # (n·N, d_in)
+        return torch.stack([group_mean(k, sizes) for k in keys.split(len(contexts))], dim=1)
 
     def current_hidden(self, requests: list[EditRequest]) -> torch.Tensor:
         """h_L ``(n, d)`` at each subject's last token in its bare prompt, on the current model."""
-        return torch.cat([subject_values(self.lm, self.z_layer, "layer_out", [r.prompt], r.subject) for r in requests])
+        module = site_module(self.lm, self.z_layer, "layer_out")
+        return at_subjects(self.lm, module, [(r.prompt, r.subject) for r in requests], output=True).float()
 
     def edit(self, requests: list[EditRequest]) -> Delta:
         if not requests:

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from robustedit.editors.keys import subject_prompts
+from robustedit.editors.keys import at_subjects, subject_prompts
 from robustedit.models.forward import logits_at
-from robustedit.models.hooks import hidden_of, hooked, run_until, with_hidden
+from robustedit.models.hooks import hidden_of, hooked, with_hidden
 from robustedit.models.load import LanguageModel
 from robustedit.models.prefix import PrefixCachedBatch
-from robustedit.models.text import fill, pad, pad_id, target_ids
+from robustedit.models.text import fill, pad_id, target_ids
 from robustedit.request import EditRequest
 
 SITES = ("mlp_out", "layer_out")
@@ -154,15 +154,10 @@ def rewrite_batch(lm: LanguageModel, requests: list[EditRequest], templates_of: 
     )
 
 
-@torch.no_grad()
 def subject_values(lm: LanguageModel, layer: int, site: str, templates: list[str], subject: str) -> torch.Tensor:
     """The current values ``(N, d_out)`` at ``site`` of ``layer`` at ``subject``'s last token in each
     template; the forward pass stops there."""
-    rows, last = subject_prompts(lm.tokenizer, templates, subject)
-    batch = pad(rows, pad_id(lm.tokenizer), lm.device)
-    out = run_until(lm.model, site_module(lm, layer, site), output=True, input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask, use_cache=False)  # (N, T, d_out)
-    return out[torch.arange(len(rows)), torch.tensor(last)].float()
+    return at_subjects(lm, site_module(lm, layer, site), [(t, subject) for t in templates], output=True).float()
 
 
 def optimize_value(lm: LanguageModel, layer: int, request: EditRequest, templates: list[str], cfg: ValueConfig) -> ValueResult:
