@@ -91,3 +91,22 @@ def test_memit_batch_edits_every_fact_and_spares_neighbours(smollm2):
     kept = sum(a == b for a, b in zip(before, after))
     assert kept >= 0.7 * len(neighbours), f"only {kept}/{len(neighbours)} neighbour prompts kept their prediction"
     assert all(torch.equal(v, smollm2.model.state_dict()[k]) for k, v in state.items())
+
+
+def test_sequential_memit_saves_loads_and_undoes_exactly(smollm2, tmp_path):
+    from robustedit.editors import load_edit
+    from robustedit.eval.sequential import SequentialPlan, run_sequential
+
+    cases = load_cases("counterfact-val", limit=6)
+    editor, cfg = make_editor("memit", smollm2)
+    state = {k: v.clone() for k, v in smollm2.model.state_dict().items()}
+    run = RunInfo("memit", smollm2.name, "counterfact-val", cfg)
+    summary = run_sequential(editor, cases[:4], cases[4:], tmp_path, run, SequentialPlan(4, 2))
+    assert all(torch.equal(v, smollm2.model.state_dict()[k]) for k, v in state.items())
+    assert summary["metrics"]["efficacy_top1"] >= 0.75  # 3 of the 4 facts, after both calls
+    backup = load_edit(tmp_path / "edits", smollm2)
+    with torch.no_grad():
+        scores = score_pairs(smollm2, [(c.request.text, c.request.target_new) for c in cases[:4]])
+    assert sum(s.first_top1 for s in scores) / 4 == summary["metrics"]["efficacy_top1"]
+    backup.restore()
+    assert all(torch.equal(v, smollm2.model.state_dict()[k]) for k, v in state.items())
