@@ -72,6 +72,12 @@ def evaluate_case(editor: Editor, case: Case) -> dict:
     t3 = time.perf_counter()
     info = dict(delta.info)
     timing = {"edit_s": t2 - t1, "eval_s": (t1 - t0) + (t3 - t2), **info.pop("timing", {})}
+    return case_record(case, pre, post, info, timing)
+
+
+def case_record(case: Case, pre, post, edit: dict, timing: dict) -> dict:
+    """One line of ``records.jsonl``: the case, its metrics (post vs pre scores), what the
+    unedited model believed, the edit's diagnostics and timing."""
     r = case.request
     return {
         "case_id": case.case_id,
@@ -81,7 +87,7 @@ def evaluate_case(editor: Editor, case: Case) -> dict:
         "target_true": r.target_true,
         "metrics": case_metrics(pre, post),
         "pre": pre_edit_facts(pre),
-        "edit": info,
+        "edit": edit,
         "timing": timing,
     }
 

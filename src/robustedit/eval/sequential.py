@@ -26,9 +26,9 @@ from robustedit.editors.base import Editor
 from robustedit.editors.store import EditSequence
 from robustedit.errors import UserError
 from robustedit.eval.ability import AbilityProbe
-from robustedit.eval.metrics import case_metrics, pre_edit_facts, score_case
+from robustedit.eval.metrics import case_metrics, score_case
 from robustedit.eval.report import write_sequential_plot, write_summary
-from robustedit.eval.runner import RunInfo, summarize
+from robustedit.eval.runner import RunInfo, case_record, summarize
 from robustedit.progress import progress
 
 
@@ -56,13 +56,6 @@ def _append(path: Path, obj: dict) -> None:
         f.write(json.dumps(obj) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _record(case: Case, pre, post, edit_s: float, step: int) -> dict:
-    r = case.request
-    return {"case_id": case.case_id, "subject": r.subject, "prompt": r.prompt, "target_new": r.target_new,
-            "target_true": r.target_true, "metrics": case_metrics(pre, post), "pre": pre_edit_facts(pre),
-            "edit": {"step": step}, "timing": {"edit_s": edit_s}}
 
 
 def run_sequential(editor: Editor, cases: list[Case], probe_cases: list[Case], out_dir: Path, run: RunInfo,
@@ -112,7 +105,7 @@ def run_sequential(editor: Editor, cases: list[Case], probe_cases: list[Case], o
             if done == plan.n:
                 with open(out_dir / "records.jsonl", "w", encoding="utf-8") as f:
                     for i, case in enumerate(cases):
-                        f.write(json.dumps(_record(case, pre[i], post[i], edit_s[i], i // plan.batch_size)) + "\n")
+                        f.write(json.dumps(case_record(case, pre[i], post[i], {"step": i // plan.batch_size}, {"edit_s": edit_s[i]})) + "\n")
         if save_edits:
             sequence.save(out_dir / "edits", editor.name, run.config)
     finally:

@@ -11,6 +11,7 @@ has a ``summary.json`` is not run again, so an interrupted reproduction continue
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from robustedit.eval.runner import RunInfo
 from robustedit.eval.sequential import SequentialPlan, run_sequential
 from robustedit.experiments import EXPERIMENTS, Experiment
 
+log = logging.getLogger(__name__)
 DATASET = "counterfact-val"  # 1,801 cases: 1,000 edits and held-out probe cases
 N_MAX = 1000
 PROBE_CASES = 50
@@ -85,7 +87,7 @@ def run(*, out: Path | None, model: str, config: str | None, sets: list[str], se
         md += [f"## {name} ({s['batch_size']} per edit call)", "", sequential_markdown(points)]
     (out / "sequential.md").write_text("\n".join(md))
     write_sequential_plot(out / "sequential.png", curves)
-    print(f"wrote {out}/sequential.md, sequential.json, sequential.png")
+    log.info("wrote %s/sequential.md, sequential.json, sequential.png", out)
     return curves
 
 
