@@ -81,6 +81,10 @@ class AbilityProbe:
         windows = heldout_windows(lm.tokenizer, n_tokens, seq_len)
         return cls(windows, prompts, next_tokens(lm, prompts), perplexity(lm, windows))
 
+    def unedited(self) -> dict[str, float]:
+        """``measure`` on the model the probe was built from, without running it again."""
+        return {"perplexity": self.reference_perplexity, "neighbor_agreement": 1.0}
+
     def measure(self, lm: LanguageModel) -> dict[str, float]:
         now = next_tokens(lm, self.prompts)
         agree = sum(a == b for a, b in zip(now, self.reference_tokens)) / max(len(now), 1)

@@ -74,7 +74,7 @@ def run_sequential(editor: Editor, cases: list[Case], probe_cases: list[Case], o
     pre = [score_case(lm, c) for c in progress(cases, desc="scoring the unedited model")]
     probe = AbilityProbe.build(lm, [p for c in probe_cases for p in c.neighborhood_prompts])
     checkpoints = plan.checkpoint_set()
-    points = [{"n_edits": 0, "metrics": {}, **probe.measure(lm), "elapsed_s": 0.0}]
+    points = [{"n_edits": 0, "metrics": {}, **probe.unedited(), "elapsed_s": 0.0}]
     _append(out_dir / "checkpoints.jsonl", points[0])
 
     sequence = EditSequence(lm)
