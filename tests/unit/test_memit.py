@@ -186,6 +186,32 @@ def test_memit_update_solves_the_regularised_least_squares():
     torch.testing.assert_close(memit_update(K, R, C, 1e-9) @ K, R, atol=1e-6, rtol=0)
 
 
+def test_edit_memory_makes_sequential_updates_equal_one_joint_update():
+    """Recursive least squares: editing facts 1..3 one call at a time, each update with the keys of
+    the earlier calls in the preserved term, ends at the one-call solution of all of them (one
+    linear layer, fixed keys, targets V)."""
+    g = torch.Generator().manual_seed(2)
+    d_in, d_out, lam = 10, 6, 3.0
+    A = torch.randn(d_in, 3 * d_in, generator=g, dtype=torch.float64)
+    C = A @ A.T / (3 * d_in)
+    W0 = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    Ks = [torch.randn(d_in, n, generator=g, dtype=torch.float64) for n in (2, 3, 1)]
+    Vs = [torch.randn(d_out, K.shape[1], generator=g, dtype=torch.float64) for K in Ks]
+
+    W, memory = W0.clone(), None
+    for K, V in zip(Ks, Vs):
+        W = W + memit_update(K, V - W @ K, C, lam, memory)
+        memory = K @ K.T if memory is None else memory + K @ K.T
+    K_all, V_all = torch.cat(Ks, dim=1), torch.cat(Vs, dim=1)
+    joint = W0 + memit_update(K_all, V_all - W0 @ K_all, C, lam)
+    torch.testing.assert_close(W, joint, atol=1e-10, rtol=0)
+
+    forgetful = W0.clone()  # plain MEMIT: the same calls without the memory end elsewhere
+    for K, V in zip(Ks, Vs):
+        forgetful = forgetful + memit_update(K, V - forgetful @ K, C, lam)
+    assert float((forgetful - joint).norm()) > 1e-3
+
+
 def test_one_request_one_layer_is_roms_rank_one_update():
     """For n = 1, ΔW = r (C⁻¹k)ᵀ / (λ + kᵀC⁻¹k) (Sherman–Morrison): ROME's update for the same key
     and residual r = v* − W k, shrunk by (kᵀC⁻¹k)/(λ + kᵀC⁻¹k)."""

@@ -300,3 +300,26 @@ def test_memit_after_commit_leaves_the_first_keys_nearly_unchanged(tiny_lm_facto
         moved_free = float((out_in(lm, free.weights[name]) @ k1).norm())
         assert moved_kept < 0.1 * moved_free, (layer, moved_kept, moved_free)
     assert kept.info["nullspace"]["preserved_keys"] == [1, 1]
+
+
+# --- MEMIT's edit_memory (the memory without the projection) ---------------------------------
+
+
+def test_memit_edit_memory_keeps_the_first_keys_better_than_plain_memit(tiny_lm_factory):
+    lm = tiny_lm_factory("llama")
+    config = {**MEMIT_CONFIG, "edit_memory": True}
+    first, kept = sequential_second_update(lm, "memit", config, commit=True)
+    _, free = sequential_second_update(lm, "memit", MEMIT_CONFIG, commit=True)  # commit: a no-op without memory
+    for layer in MEMIT_CONFIG["layers"]:
+        name = lm.down_proj_weight_name(layer)
+        k1 = first.keys[name].double()
+        moved_kept = float((out_in(lm, kept.weights[name]) @ k1).norm())
+        moved_free = float((out_in(lm, free.weights[name]) @ k1).norm())
+        assert moved_kept < moved_free, (layer, moved_kept, moved_free)
+    assert kept.info["preserved_keys"] == [1, 1] and "preserved_keys" not in free.info
+    assert "nullspace" not in kept.info
+
+
+def test_memit_edit_memory_and_nullspace_together_is_a_user_error(tiny_lm_factory):
+    with pytest.raises(UserError, match="choose one"):
+        build_editor("memit", tiny_lm_factory("llama"), {**MEMIT_CONFIG, "edit_memory": True, "nullspace": ON})

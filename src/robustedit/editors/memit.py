@@ -36,6 +36,18 @@ proportionally smaller λ for the same balance (SmolLM2: d_in = 1536).
 null-space projector of C_l and K_p the keys at l of committed edits (``commit``), as the reference
 ``AlphaEdit_main.apply_AlphaEdit_to_model``. The values, the keys and the spreading of the residual
 over the layers are unchanged; λ (``mom2_update_weight``) is unused, as in the reference.
+
+``edit_memory`` keeps MEMIT's update and only adds what AlphaEdit adds besides the projection: the
+keys K_p of committed edits, ΔW_l = R_l K_lᵀ (λ C_l + K_p K_pᵀ + K_l K_lᵀ)⁻¹. That is the recursive
+least-squares step: for one linear layer with fixed keys, n calls of this update end where a
+single call with all n edits would (‖W k − v‖² over every edit so far, plus λ tr(ΔW C ΔWᵀ) from
+the original weights), so a later edit cannot silently overwrite an earlier one; plain MEMIT
+forgets the earlier keys and pays for it in sequential editing. Wang et al. 2026 ("The Labyrinth
+and the Thread", arXiv 2605.26670) argue that this accumulated constraint, not the null-space
+projection, is what keeps AlphaEdit stable. It adds no hyperparameter; on SmolLM2, whose 1536-wide
+MLP leaves AlphaEdit a null space of a few hundred directions per layer, it is the measured
+alternative (README, sequential editing). The keys of the layers' memory are those ``edit`` used,
+as for AlphaEdit (``nullspace.py``, "the memory").
 """
 
 from __future__ import annotations
@@ -92,6 +104,8 @@ class MEMITConfig:
     stats: StatsConfig = field(default_factory=StatsConfig, metadata={"help": "key statistics C per layer"})
     nullspace: NullspaceConfig = field(default_factory=NullspaceConfig, metadata={
         "help": "AlphaEdit's null-space-constrained update at every layer (off by default)"})
+    edit_memory: bool = field(default=False, metadata={
+        "help": "keep the keys of committed edits in the preserved term (recursive least squares; module docstring)"})
 
     def __post_init__(self) -> None:
         layers = tuple(self.layers)
@@ -104,6 +118,9 @@ class MEMITConfig:
             raise ValueError("v_num_grad_steps >= 1, v_lr > 0 and clamp_norm_factor > 0 are required")
         if self.v_batch_size < 1:
             raise UserError("v_batch_size must be >= 1")
+        if self.edit_memory and self.nullspace.enabled:
+            raise UserError("edit_memory and nullspace.enabled both add the committed keys; choose one "
+                            "(AlphaEdit's update already keeps them)")
         if self.mom2_update_weight <= 0:
             raise ValueError("mom2_update_weight must be > 0 (λC keeps λC + KKᵀ invertible)")
 
@@ -113,13 +130,17 @@ class MEMITConfig:
                            self.kl_factor, self.early_stop_loss, tuple(self.kl_prompts), site="layer_out")
 
 
-def memit_update(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, mom2_update_weight: float) -> torch.Tensor:
-    """ΔW ``(d_out, d_in)`` = R Kᵀ (λC + K Kᵀ)⁻¹ for keys K ``(d_in, n)`` and residuals R ``(d_out, n)``.
+def memit_update(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, mom2_update_weight: float,
+                 preserved: torch.Tensor | None = None) -> torch.Tensor:
+    """ΔW ``(d_out, d_in)`` = R Kᵀ (λC + K_p K_pᵀ + K Kᵀ)⁻¹ for keys K ``(d_in, n)`` and residuals
+    R ``(d_out, n)``; ``preserved`` is K_p K_pᵀ of earlier edits' keys (``edit_memory``) or None.
 
-    The minimiser of ‖ΔW K − R‖² + λ tr(ΔW C ΔWᵀ), solved in float64 (C symmetric).
+    The minimiser of ‖ΔW K − R‖² + ‖ΔW K_p‖² + λ tr(ΔW C ΔWᵀ), solved in float64 (C symmetric).
     """
     K64, R64 = K.to(torch.float64), R.to(torch.float64)
     A = mom2_update_weight * C.to(torch.float64) + K64 @ K64.T  # (d_in, d_in), symmetric
+    if preserved is not None:
+        A = A + preserved.to(device=A.device, dtype=torch.float64)
     adj_k = torch.linalg.solve(A, K64)  # (d_in, n) = A⁻¹K
     return R64 @ adj_k.T
 
@@ -160,9 +181,9 @@ class MEMIT(Editor):
         return self._null.basis(layer, self.covariances()[layer])
 
     def commit(self, delta: Delta) -> None:
-        """With ``nullspace.enabled``, remember the keys of an applied delta at every edited layer:
-        later edits then leave them nearly unchanged. Otherwise nothing."""
-        if self.config.nullspace.enabled:
+        """With ``nullspace.enabled`` or ``edit_memory``, remember the keys of an applied delta at
+        every edited layer: later edits then leave them nearly unchanged. Otherwise nothing."""
+        if self.config.nullspace.enabled or self.config.edit_memory:
             self._null.commit(delta, {self.lm.down_proj_weight_name(layer): layer for layer in self.config.layers})
 
     def prepare(self) -> None:
@@ -225,7 +246,10 @@ class MEMIT(Editor):
                 resid = residual / (len(cfg.layers) - i)  # spread over this and the layers above
                 with sw("update"), torch.no_grad():
                     if bases is None:
-                        upd = memit_update(K, resid, C[layer], cfg.mom2_update_weight)
+                        memory = self._null.preserved(layer) if cfg.edit_memory else None
+                        upd = memit_update(K, resid, C[layer], cfg.mom2_update_weight, memory)
+                        if cfg.edit_memory:
+                            null_info["preserved_keys"].append(self._null.counts.get(layer, 0))
                     else:
                         upd = alphaedit_update(K, resid, bases[layer], self._null.preserved(layer), cfg.nullspace.l2)
                         null_info["rank"].append(bases[layer].shape[1])
@@ -251,4 +275,6 @@ class MEMIT(Editor):
         }
         if bases is not None:
             info["nullspace"] = null_info  # per layer, in the order of `layers`
+        elif cfg.edit_memory:
+            info["preserved_keys"] = null_info["preserved_keys"]  # per layer: committed keys kept
         return Delta(weights, info, keys=keys)

@@ -150,7 +150,8 @@ def fit_error(update: torch.Tensor, K: torch.Tensor, R: torch.Tensor) -> float:
 
 class NullSpaceState:
     """One editor's AlphaEdit state: Û per layer (from C, computed once) and the memory Σ K_p K_pᵀ
-    per layer of the keys of committed edits (float64, on the keys' device)."""
+    per layer of the keys of committed edits (float64, on the keys' device). MEMIT's
+    ``edit_memory`` uses the memory alone."""
 
     def __init__(self, config: NullspaceConfig) -> None:
         self.config = config

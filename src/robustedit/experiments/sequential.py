@@ -1,5 +1,6 @@
 """``robustedit reproduce sequential``: metrics against the number of sequential edits, per editor
-(the shape of the SSS paper's Table 2), with MEMIT's null-space (AlphaEdit) variant beside it.
+(the shape of the SSS paper's Table 2), with two MEMIT variants for long sequences beside it: the
+null-space update (AlphaEdit) and the memory of committed edits alone (``edit_memory``).
 
 Each variant is one sequential run of the first N cases of ``counterfact-val`` (CounterFact in
 EasyEdit's schema; the 925-case original file is too small for N = 1000) (``eval.sequential``), scored
@@ -42,6 +43,7 @@ VARIANTS = (
     Variant("rome", "rome", 1),
     Variant("memit", "memit", 10),
     Variant("memit-nullspace", "memit", 10, ("nullspace.enabled=true",)),
+    Variant("memit-memory", "memit", 10, ("edit_memory=true",)),
 )
 
 
@@ -92,4 +94,4 @@ def run(*, out: Path | None, model: str, config: str | None, sets: list[str], se
 
 
 EXPERIMENTS.register("sequential", Experiment("sequential", "metrics against 1, 10, 100, 1000 sequential edits "
-                                              "for ROME, MEMIT and MEMIT with the null-space update", run))
+                                              "for ROME, MEMIT, MEMIT with the null-space update and MEMIT with the edit memory", run))
