@@ -117,11 +117,14 @@ def evaluate(
     batch_size: int = typer.Option(1, "--batch-size", help="with --sequential: facts per edit call"),
     checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="with --sequential: edit counts to score at, e.g. 1,10,100 (default: powers of 10 and N)"),
     save_edits: bool = typer.Option(True, "--save-edits/--no-save-edits", help="with --sequential: keep the edited weights in OUT/edits"),
+    robustness: Optional[bool] = typer.Option(None, "--robustness/--no-robustness", help="score the REP paper's robustness probes: rephrased and shuffled subject, long context (default: on when the dataset has subject rephrasings)"),
+    known_only: bool = typer.Option(False, "--known-only", help="keep only the cases whose true target the unedited model predicts top-1 (REP paper's filter; applied before --limit)"),
     model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Edit each case from the unedited model (or all of them in sequence), score, write records + summary."""
     from robustedit.data import load_cases
+    from robustedit.eval.robustness import RobustnessConfig
     from robustedit.eval.runner import RunInfo, run_evaluation
 
     if limit is not None and limit < 1:
@@ -131,16 +134,35 @@ def evaluate(
     if out is not None and (out / "records.jsonl").exists() and not resume:
         raise UserError(f"{out} already holds results; pass --resume to continue it or choose another --out")
     plan = _sequential_plan(sequential, batch_size, checkpoints, resume, limit)
-    cases = load_cases(dataset, limit=None if plan else limit)
+    if plan is not None and (robustness or known_only):
+        raise UserError("--robustness and --known-only apply to case-by-case runs, not to --sequential")
+    cases = load_cases(dataset, limit=None if plan or known_only else limit)
+    if robustness is None:
+        robustness = plan is None and any(c.subject_rephrases for c in cases)
     cls, econfig = _resolve(editor, model, config, set_)
     name = Path(dataset).stem if dataset.endswith((".json", ".jsonl")) else dataset
     out = out or Path("runs") / f"{editor}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     lm = _setup(model, dtype, device, seed)
+    extra: dict = {}
+    if known_only:
+        from robustedit.eval.filters import known_cases
+
+        kept = known_cases(lm, cases)
+        extra["filter"] = {"known_only": True, "loaded": len(cases), "known": len(kept)}
+        console.print(f"--known-only: the model knows {len(kept)} of {len(cases)} cases")
+        if not kept:
+            raise UserError(f"the model knows none of the {len(cases)} cases of {dataset}; drop --known-only")
+        cases = kept[:limit] if limit else kept
+    rob = RobustnessConfig() if robustness else None
+    if rob is not None:
+        from dataclasses import asdict
+
+        extra["robustness"] = asdict(rob)
     ed, cfg = _build(cls, econfig, lm)
     run = RunInfo(editor=editor, model=lm.name, dataset=dataset, config=cfg, seed=seed,
-                  command="robustedit " + shlex.join(sys.argv[1:]))
+                  command="robustedit " + shlex.join(sys.argv[1:]), extra=extra)
     if plan is None:
-        summary = run_evaluation(ed, cases, out, run, resume=resume)
+        summary = run_evaluation(ed, cases, out, run, resume=resume, robustness=rob)
     else:
         from robustedit.eval.sequential import run_sequential
 

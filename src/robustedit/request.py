@@ -8,6 +8,19 @@ from robustedit.errors import UserError
 
 
 @dataclass(frozen=True)
+class Probe:
+    """A prompt template with one ``{}`` and the subject written into it: the edit prompt with the
+    subject rephrased or shuffled, or with unrelated text before it (``eval.robustness``)."""
+
+    template: str
+    subject: str
+
+    @property
+    def text(self) -> str:
+        return self.template.format(self.subject)
+
+
+@dataclass(frozen=True)
 class EditRequest:
     """Rewrite ``prompt.format(subject)`` so that the model continues it with ``target_new``.
 

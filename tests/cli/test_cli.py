@@ -232,8 +232,10 @@ def test_evaluate_resume_needs_out(cli, tmp_path):
     (("--sequential", "5", "--checkpoints", "two"), ("--checkpoints", "two")),
     (("--sequential", "5", "--limit", "5"), ("--limit",)),
     (("--sequential", "5", "--resume"), ("resumed",)),
+    (("--sequential", "5", "--robustness"), ("--robustness", "--sequential")),
+    (("--sequential", "5", "--known-only"), ("--known-only", "--sequential")),
 ], ids=["batch-alone", "checkpoints-alone", "zero", "batch-too-big", "checkpoint-range", "checkpoint-text",
-        "limit", "resume"])
+        "limit", "resume", "robustness", "known-only"])
 def test_evaluate_sequential_option_errors(cli, tmp_path, out_dir, args, fragments):
     assert_user_error(cli(*_evaluate(*args, "--out", out_dir)), *fragments)
     _nothing_written(tmp_path)

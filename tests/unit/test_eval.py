@@ -100,3 +100,21 @@ def test_runner_writes_files_resumes_and_refuses_to_overwrite(tiny_lm_factory, t
     assert set(on_disk) >= {"editor", "model", "dataset", "n_cases", "config", "metrics", "timing"}
     assert "edit_s_median" in on_disk["timing"]
     assert "| efficacy_top1 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_runner_scores_robustness_probes_before_and_after_the_edit(tiny_lm_factory, tmp_path):
+    from robustedit.eval.robustness import RobustnessConfig
+
+    lm = tiny_lm_factory("llama")
+    editor = build_editor("rome", lm, SETTINGS)
+    case = Case("0", EditRequest("The mother tongue of {} is", "Danielle Yvonne Darrieux", "English", "French"),
+                subject_rephrases=("Darrieux", "Mlle Darrieux", "D. Darrieux", "Danielle D."))
+    rob = RobustnessConfig(n_per_kind=4, context_tokens=30)
+    summary = run_evaluation(editor, [case], tmp_path, RunInfo("rome", "tiny", "hand-made", SETTINGS),
+                             show_progress=False, robustness=rob)
+    for kind in ("rephrase_subject", "shuffle_subject", "long_context"):
+        for name in (kind, f"{kind}_id", f"{kind}_ood"):
+            assert 0.0 <= summary["metrics"][name] <= 1.0, name
+    plain = run_evaluation(editor, [case], tmp_path / "plain", RunInfo("rome", "tiny", "hand-made", SETTINGS),
+                           show_progress=False)
+    assert not any(k.startswith(("rephrase_subject", "shuffle", "long")) for k in plain["metrics"])

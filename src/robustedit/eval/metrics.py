@@ -11,11 +11,13 @@ from statistics import mean
 from typing import Callable
 
 from robustedit.data import Case
+from robustedit.eval.robustness import KINDS, SPLITS
 from robustedit.eval.scoring import TargetScore, score_pairs
 from robustedit.models.load import LanguageModel
 from robustedit.registry import Registry
 
 Scores = dict[str, list[TargetScore]]
+Probes = dict  # {kind: {split: [Probe, ...]}} from eval.robustness.robustness_probes
 
 
 def score_items(case: Case) -> dict[str, list[tuple[str, str]]]:
@@ -31,9 +33,18 @@ def score_items(case: Case) -> dict[str, list[tuple[str, str]]]:
     return {k: v for k, v in groups.items() if v}
 
 
-def score_case(lm: LanguageModel, case: Case) -> Scores:
-    """Score every group of a case in one batched call."""
+def robustness_items(case: Case, probes: Probes) -> dict[str, list[tuple[str, str]]]:
+    """``<kind>_<split>`` groups: each robustness probe with the new target (``eval.robustness``)."""
+    target = case.request.target_new
+    return {f"{kind}_{split}": [(p.text, target) for p in group]
+            for kind, splits in probes.items() for split, group in splits.items() if group}
+
+
+def score_case(lm: LanguageModel, case: Case, probes: Probes | None = None) -> Scores:
+    """Score every group of a case (and its robustness probes, if given) in one batched call."""
     groups = score_items(case)
+    if probes:
+        groups.update(robustness_items(case, probes))
     flat = [pair for pairs in groups.values() for pair in pairs]
     scores = score_pairs(lm, flat)
     out, i = {}, 0
@@ -111,6 +122,28 @@ def _locality_acc(pre: Scores, post: Scores):
     if not a:
         return None
     return mean(mean(float(x == y) for x, y in zip(s.argmax, t.argmax)) for s, t in zip(a, b))
+
+
+def _top1_share(scores: list[TargetScore]) -> float | None:
+    return mean(float(s.first_top1) for s in scores) if scores else None
+
+
+def _register_robustness(kind: str) -> None:
+    """``kind`` (all its probes), ``kind_id`` and ``kind_ood``: top-1 success as ``efficacy_top1``."""
+    what = {"rephrase_subject": "the subject rephrased", "shuffle_subject": "the subject's words shuffled",
+            "long_context": "a long unrelated text before the prompt"}[kind]
+    METRICS.register(kind, Metric(kind, lambda pre, post: _top1_share(
+        [s for split in SPLITS for s in post.get(f"{kind}_{split}", [])]),
+        f"target_new is top-1 on the edit prompt with {what}"))
+    for split in SPLITS:
+        name = f"{kind}_{split}"
+        half = "in-domain" if split == "id" else "out-of-domain"
+        METRICS.register(name, Metric(name, lambda pre, post, g=name: _top1_share(post.get(g, [])),
+                                      f"the same over the {half} probes"))
+
+
+for _kind in KINDS:
+    _register_robustness(_kind)
 
 
 def case_metrics(pre: Scores, post: Scores) -> dict[str, float]:

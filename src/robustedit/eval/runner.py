@@ -20,6 +20,7 @@ from robustedit.editors.base import Editor, applied
 from robustedit.errors import UserError
 from robustedit.eval.metrics import case_metrics, pre_edit_facts, score_case
 from robustedit.eval.report import write_summary
+from robustedit.eval.robustness import RobustnessConfig, robustness_probes
 from robustedit.progress import progress
 
 log = logging.getLogger(__name__)
@@ -60,15 +61,18 @@ def _rewrite_records(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def evaluate_case(editor: Editor, case: Case) -> dict:
+def evaluate_case(editor: Editor, case: Case, robustness: RobustnessConfig | None = None) -> dict:
+    """Score ``case`` before and after its edit; with ``robustness``, its robustness probes too
+    (``eval.robustness``)."""
     lm = editor.lm
+    probes = robustness_probes(case, lm.tokenizer, robustness) if robustness else None
     t0 = time.perf_counter()
-    pre = score_case(lm, case)
+    pre = score_case(lm, case, probes)
     t1 = time.perf_counter()
     delta = editor.edit([case.request])
     t2 = time.perf_counter()
     with applied(lm, delta):
-        post = score_case(lm, case)
+        post = score_case(lm, case, probes)
     t3 = time.perf_counter()
     info = dict(delta.info)
     timing = {"edit_s": t2 - t1, "eval_s": (t1 - t0) + (t3 - t2), **info.pop("timing", {})}
@@ -93,7 +97,7 @@ def case_record(case: Case, pre, post, edit: dict, timing: dict) -> dict:
 
 
 def run_evaluation(editor: Editor, cases: list[Case], out_dir: Path, run: RunInfo, *, resume: bool = False,
-                   show_progress: bool = True) -> dict:
+                   show_progress: bool = True, robustness: RobustnessConfig | None = None) -> dict:
     out_dir = Path(out_dir)
     records_path = out_dir / "records.jsonl"
     if records_path.exists() and not resume:
@@ -111,7 +115,7 @@ def run_evaluation(editor: Editor, cases: list[Case], out_dir: Path, run: RunInf
     prepare_s = time.perf_counter() - t0
     with open(records_path, "a", encoding="utf-8") as f:
         for case in progress(todo, desc=f"evaluating {run.editor}"):
-            record = evaluate_case(editor, case)
+            record = evaluate_case(editor, case, robustness)
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
