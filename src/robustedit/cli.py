@@ -137,8 +137,8 @@ def evaluate(
     if plan is not None and (robustness or known_only):
         raise UserError("--robustness and --known-only apply to case-by-case runs, not to --sequential")
     cases = load_cases(dataset, limit=None if plan or known_only else limit)
-    if robustness is None:
-        robustness = plan is None and any(c.subject_rephrases for c in cases)
+    if robustness is None:  # REP trains on the in-domain probes, so its runs score them too
+        robustness = plan is None and (any(c.subject_rephrases for c in cases) or editor.endswith("+rep"))
     cls, econfig = _resolve(editor, model, config, set_)
     name = Path(dataset).stem if dataset.endswith((".json", ".jsonl")) else dataset
     out = out or Path("runs") / f"{editor}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"

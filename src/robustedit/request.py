@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from robustedit.errors import UserError
 
@@ -33,6 +33,9 @@ class EditRequest:
     subject: str
     target_new: str
     target_true: str | None = None
+    # In-domain robustness probes (``eval.robustness``) whose subject keys an editor may train on
+    # (REP); the evaluation fills them in for editors that ask, nobody scores them as edits.
+    in_domain: tuple[Probe, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:

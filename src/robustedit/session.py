@@ -28,8 +28,11 @@ def seed_everything(seed: int) -> None:
 
 
 def shipped_config(editor: str, model: str) -> dict:
+    """The shipped settings of ``editor`` for ``model``; an add-on editor ("rome+rep") starts from
+    its base editor's file, so the base's measured layers and λ carry over."""
+    settings = shipped_config(editor.split("+", 1)[0], model) if "+" in editor else {}
     path = resource("configs", editor, f"{Path(model).name}.yaml")
-    return read_yaml(path) if path.is_file() else {}
+    return merge(settings, read_yaml(path)) if path.is_file() else settings
 
 
 def editor_settings(editor: str, model: str, config_file: str | None, sets: list[str]) -> dict:
@@ -44,7 +47,7 @@ def resolve_editor(editor: str, model: str, config_file: str | None = None, sets
     """The editor class and its validated config, before any model is loaded (mistakes fail fast)."""
     from robustedit.editors import EDITORS
 
-    if "+" in editor:
+    if "+" in editor and editor not in EDITORS.names():
         base, addon = editor.split("+", 1)
         EDITORS.get(base)
         raise UserError(f"add-on {addon!r} of {editor!r} is not available yet; editors: {', '.join(EDITORS.names())}")

@@ -1,6 +1,6 @@
 """Editors compute deltas; importing this package registers them all."""
 
-from robustedit.editors import memit, rome  # noqa: F401  (register "memit", "rome")
+from robustedit.editors import memit, rep, rome  # noqa: F401  (register "memit", "rome", "rome+rep", "memit+rep")
 from robustedit.editors.base import (
            EDITORS,
            Delta,

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Iterator
 import torch
 
 from robustedit.config import from_dict
+from robustedit.editors.adaptors import KeyAdaptor, install, uninstall
 from robustedit.models.load import LanguageModel
 from robustedit.registry import Registry
 from robustedit.request import EditRequest
@@ -23,38 +24,49 @@ from robustedit.request import EditRequest
 
 @dataclass
 class Delta:
-    """Additive weight changes by parameter name: ``W ← W + weights[name]``."""
+    """Additive weight changes by parameter name, ``W ← W + weights[name]``, and key adaptors by
+    module name (``editors/adaptors.py``: REP's branch on the keys entering that module)."""
 
     weights: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)  # editor, timing, diagnostics
     # The keys (d_in, n) each weight was fitted to, by parameter name, for Editor.commit. Held in
     # memory only: ``info`` is written to JSON manifests and the saved edit holds ``weights`` alone.
     keys: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    adaptors: dict[str, KeyAdaptor] = field(default_factory=dict, repr=False)
 
 
 @dataclass
 class Backup:
-    """The original values of the parameters a delta touched."""
+    """The original values of the parameters a delta touched, and the adaptors it installed."""
 
     originals: dict[str, torch.Tensor]
     model: torch.nn.Module
+    adaptors: list[tuple[str, KeyAdaptor]] = field(default_factory=list)
 
     @torch.no_grad()
     def restore(self) -> None:
         params = dict(self.model.named_parameters())
         for name, original in self.originals.items():
             params[name].copy_(original)
+        modules = dict(self.model.named_modules())
+        for name, adaptor in reversed(self.adaptors):
+            uninstall(modules[name], adaptor)
 
 
 @torch.no_grad()
 def apply_delta(lm: LanguageModel, delta: Delta) -> Backup:
     params = dict(lm.model.named_parameters())
     missing = [n for n in delta.weights if n not in params]
+    modules = dict(lm.model.named_modules())
+    missing += [n for n in delta.adaptors if n not in modules]
     if missing:
-        raise KeyError(f"the delta names parameters this model does not have: {missing}")
+        raise KeyError(f"the delta names parameters or modules this model does not have: {missing}")
     backup = Backup({n: params[n].detach().clone() for n in delta.weights}, lm.model)
     for name, d in delta.weights.items():
         params[name].add_(d.to(params[name].dtype))
+    for name, adaptor in delta.adaptors.items():
+        install(modules[name], adaptor)
+        backup.adaptors.append((name, adaptor))
     return backup
 
 

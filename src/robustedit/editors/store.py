@@ -9,7 +9,9 @@ A saved edit is a folder (a single edit is a sequence of one step):
   not be in floating point);
 * ``delta.safetensors``: ``edited - original``, for inspection;
 * ``manifest.json``: robustedit version, model name and fingerprint, editor, config, and one entry
-  per step (``case_ids``, ``requests``, the delta's ``info``).
+  per step (``case_ids``, ``requests``, the delta's ``info``);
+* ``adaptors.safetensors`` (only if some step installed key adaptors, e.g. REP): their parameters,
+  ``<i>.<parameter>`` for the i-th entry of the manifest's ``adaptors`` list (module, tag, config).
 
 Per-step deltas are not kept: 1000 steps of MEMIT on three 1536×576 matrices would be gigabytes.
 Folders written before ``edited.safetensors`` existed (one edit, no ``steps``) still load, by
@@ -31,19 +33,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from robustedit import __version__
+from robustedit.editors.adaptors import AdaptorStack, KeyAdaptor, install, uninstall
 from robustedit.editors.base import Backup, Delta, apply_delta
 from robustedit.errors import UserError
 from robustedit.models.load import LanguageModel
 from robustedit.request import EditRequest
 
-FORMAT = 2  # 1: one edit, delta + original, top-level "requests"; 2: steps + edited.safetensors
+FORMAT = 3  # 1: one edit, delta + original; 2: steps + edited.safetensors; 3: + key adaptors
 
 
 def _step(delta: Delta, requests: list[EditRequest], case_ids: list[str] | None) -> dict[str, Any]:
     if case_ids is not None and len(case_ids) != len(requests):
         raise ValueError(f"{len(case_ids)} case ids for {len(requests)} requests")
     return {"case_ids": None if case_ids is None else list(case_ids),
-            "requests": [asdict(r) for r in requests], "info": dict(delta.info)}
+            "requests": [{k: v for k, v in asdict(r).items() if k != "in_domain"} for r in requests],
+            "info": dict(delta.info)}
 
 
 class EditSequence:
@@ -61,6 +65,7 @@ class EditSequence:
     def __init__(self, lm: LanguageModel) -> None:
         self.lm = lm
         self.originals: dict[str, torch.Tensor] = {}  # name → value before the first step touched it
+        self.adaptors: list[tuple[str, KeyAdaptor]] = []  # (module name, adaptor) in the order installed
         self.steps: list[dict[str, Any]] = []
 
     def apply(self, delta: Delta, requests: list[EditRequest], case_ids: list[str] | None = None) -> None:
@@ -68,12 +73,14 @@ class EditSequence:
         backup = apply_delta(self.lm, delta)  # its copies of the touched values are the snapshots
         for name, value in backup.originals.items():
             self.originals.setdefault(name, value)
+        self.adaptors += backup.adaptors
         self.steps.append(step)
 
     def undo(self) -> None:
-        """Put every touched parameter back as it was before the first step; forget the steps."""
-        Backup(self.originals, self.lm.model).restore()
-        self.originals, self.steps = {}, []
+        """Put every touched parameter back as it was before the first step, remove every adaptor
+        the steps installed; forget the steps."""
+        Backup(self.originals, self.lm.model, self.adaptors).restore()
+        self.originals, self.adaptors, self.steps = {}, [], []
 
     def save(self, out_dir: Path, editor_name: str | None, config: dict) -> Path:
         """Write the sequence to ``out_dir`` (which must not exist); the model is left as it is."""
@@ -81,7 +88,7 @@ class EditSequence:
             raise UserError("no edits to save: the sequence is empty")
         params = dict(self.lm.model.named_parameters())
         edited = {n: params[n].detach() for n in self.originals}
-        return _write(Path(out_dir), self.lm, self.originals, edited, self.steps, editor_name, config)
+        return _write(Path(out_dir), self.lm, self.originals, edited, self.steps, editor_name, config, self.adaptors)
 
 
 def save_edit(out_dir: Path, lm: LanguageModel, delta: Delta, requests: list[EditRequest], config: dict,
@@ -95,7 +102,7 @@ def save_edit(out_dir: Path, lm: LanguageModel, delta: Delta, requests: list[Edi
     # the same arithmetic as apply_delta, on copies: the model is not touched
     edited = {n: p.clone().add_(delta.weights[n].to(p.dtype)) for n, p in original.items()}
     return _write(Path(out_dir), lm, original, edited, [_step(delta, requests, case_ids)],
-                  delta.info.get("editor"), config)
+                  delta.info.get("editor"), config, list(delta.adaptors.items()))
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -103,7 +110,8 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _write(out_dir: Path, lm: LanguageModel, original: dict[str, torch.Tensor], edited: dict[str, torch.Tensor],
-           steps: list[dict[str, Any]], editor_name: str | None, config: dict) -> Path:
+           steps: list[dict[str, Any]], editor_name: str | None, config: dict,
+           adaptors: list[tuple[str, KeyAdaptor]] = ()) -> Path:
     """Stage the folder next to ``out_dir`` and move it into place in one rename."""
     if out_dir.exists():
         raise UserError(f"{out_dir} already exists; choose another folder to save the edit in")
@@ -115,7 +123,7 @@ def _write(out_dir: Path, lm: LanguageModel, original: dict[str, torch.Tensor], 
         delta[name] = edited[name].to(wide) - before.to(wide)
     manifest = {
         "robustedit": __version__,
-        "format": FORMAT,
+        "format": FORMAT if adaptors else 2,  # folders without adaptors stay readable by format-2 readers
         "model": lm.name,
         "model_fingerprint": lm.fingerprint,
         "editor": editor_name,
@@ -123,12 +131,17 @@ def _write(out_dir: Path, lm: LanguageModel, original: dict[str, torch.Tensor], 
         "n_steps": len(steps),
         "steps": steps,
     }
+    if adaptors:
+        manifest["adaptors"] = [{"module": name, "tag": a.tag(), "config": a.config()} for name, a in adaptors]
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
         stage = Path(tmp) / "edit"
         stage.mkdir()
         save_file(original, str(stage / "original.safetensors"))
         save_file(edited, str(stage / "edited.safetensors"))
         save_file(delta, str(stage / "delta.safetensors"))
+        if adaptors:
+            save_file({f"{i}.{k}": v.detach().cpu().contiguous() for i, (_, a) in enumerate(adaptors)
+                       for k, v in a.state_dict().items()}, str(stage / "adaptors.safetensors"))
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         if out_dir.exists():  # os.replace would quietly take the place of an empty folder
             raise UserError(f"{out_dir} already exists; choose another folder to save the edit in")
@@ -177,13 +190,14 @@ def load_edit(dir_: Path, lm: LanguageModel) -> Backup:
     parameters still equal to the saved originals).
     """
     dir_ = Path(dir_)
-    _manifest(dir_, lm)
+    manifest = _manifest(dir_, lm)
     original = _load(dir_ / "original.safetensors", dir_)
     params = _check_fits(dir_, lm, original)
     changed = [n for n, p in params.items() if not torch.equal(p.detach(), original[n].to(p.device))]
     if changed:
         raise UserError(f"cannot load {dir_}: the model already carries an edit of {changed[:3]} "
                         "(perhaps this one); undo it first")
+    adaptors = _saved_adaptors(dir_, lm, manifest)
     if (dir_ / "edited.safetensors").exists():
         edited = _load(dir_ / "edited.safetensors", dir_)
         if edited.keys() != original.keys():
@@ -191,7 +205,10 @@ def load_edit(dir_: Path, lm: LanguageModel) -> Backup:
         with torch.no_grad():
             for name, value in edited.items():
                 params[name].copy_(value)
-        return Backup(original, lm.model)
+        modules = dict(lm.model.named_modules())
+        for name, adaptor in adaptors:
+            install(modules[name], adaptor.to(lm.device))
+        return Backup(original, lm.model, adaptors)
     delta = _load(dir_ / "delta.safetensors", dir_)  # format 1: a single edit, re-added
     if delta.keys() != original.keys():
         raise UserError(f"{dir_} is damaged: delta.safetensors and original.safetensors name different parameters")
@@ -199,12 +216,45 @@ def load_edit(dir_: Path, lm: LanguageModel) -> Backup:
     return Backup(original, lm.model)
 
 
+def _saved_adaptors(dir_: Path, lm: LanguageModel, manifest: dict[str, Any]) -> list[tuple[str, KeyAdaptor]]:
+    """The adaptors of a saved edit, rebuilt (not installed); refused if one is installed already."""
+    entries = manifest.get("adaptors") or []
+    if not entries:
+        return []
+    tensors = _load(dir_ / "adaptors.safetensors", dir_)
+    modules = dict(lm.model.named_modules())
+    out = []
+    for i, entry in enumerate(entries):
+        name = entry.get("module")
+        if name not in modules:
+            raise UserError(f"{dir_} does not fit {lm.name!r}: it adapts the keys of {name!r}, which the model lacks")
+        try:
+            adaptor = KeyAdaptor(**entry["config"])
+            adaptor.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)})
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise UserError(f"{dir_} is damaged: adaptor {i} cannot be rebuilt ({e})") from None
+        if adaptor.tag() != entry.get("tag"):
+            raise UserError(f"{dir_} is damaged: adaptor {i} does not match its tag in manifest.json")
+        if any(a.tag() == entry["tag"] for a in AdaptorStack.installed(modules[name])):
+            raise UserError(f"cannot load {dir_}: the model already carries its adaptor on {name} "
+                            "(perhaps this edit); undo it first")
+        out.append((name, adaptor))
+    return out
+
+
 @torch.no_grad()
 def undo_saved(dir_: Path, lm: LanguageModel) -> None:
-    """Put back the parameters a saved edit touched, exactly as they were before its first step."""
+    """Put back the parameters a saved edit touched, exactly as they were before its first step,
+    and remove the adaptors it installed (matched by tag)."""
     dir_ = Path(dir_)
-    _manifest(dir_, lm)
+    manifest = _manifest(dir_, lm)
     original = _load(dir_ / "original.safetensors", dir_)
     params = _check_fits(dir_, lm, original)
     for name, value in original.items():
         params[name].copy_(value)
+    modules = dict(lm.model.named_modules())
+    for entry in manifest.get("adaptors") or []:
+        module = modules.get(entry.get("module"))
+        for adaptor in AdaptorStack.installed(module) if module is not None else []:
+            if adaptor.tag() == entry.get("tag"):
+                uninstall(module, adaptor)

@@ -7,6 +7,7 @@ is rebuilt from the records file, never from memory, so resumed and uninterrupte
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from robustedit.editors.base import Editor, applied
 from robustedit.errors import UserError
 from robustedit.eval.metrics import case_metrics, pre_edit_facts, score_case
 from robustedit.eval.report import write_summary
-from robustedit.eval.robustness import RobustnessConfig, robustness_probes
+from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
 from robustedit.progress import progress
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,10 @@ def evaluate_case(editor: Editor, case: Case, robustness: RobustnessConfig | Non
     t0 = time.perf_counter()
     pre = score_case(lm, case, probes)
     t1 = time.perf_counter()
-    delta = editor.edit([case.request])
+    request = case.request
+    if probes is not None and getattr(editor, "wants_in_domain", False):  # REP trains on their keys
+        request = dataclasses.replace(request, in_domain=in_domain(probes))
+    delta = editor.edit([request])
     t2 = time.perf_counter()
     with applied(lm, delta):
         post = score_case(lm, case, probes)

@@ -1,0 +1,125 @@
+"""Key adaptors: small modules that rewrite the keys entering an MLP down-projection.
+
+The Robust Edit Pathway (REP paper §6, Eq. 5, Algorithm 1; ``editors/rep.py`` trains it) puts a
+gated low-rank branch on the keys k (the down-projection's input, at every token):
+
+    k̂ = k + m(k) · proj(k),    proj = Dropout → Linear(d_in → r) → Linear(r → d_in),
+                                gate = Linear(d_in → h) → GELU → Linear(h → 1) → sigmoid,
+
+with m = gate(k) in training and m = 1[gate(k) ≥ τ] at test time, so that a key whose gate stays
+under τ passes through bit-identical. An edit that carries adaptors (``Delta.adaptors``) installs
+them with a forward pre-hook on their module; several adaptors on one module *add* their branches,
+each computed from the unadapted key: k̂ = k + Σᵢ mᵢ(k) projᵢ(k) (each was trained on unadapted
+keys, so none should see another's output). Removing one leaves the others as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class KeyAdaptor(nn.Module):
+    """REP's gated low-rank branch on keys of width ``d_in`` (module docstring)."""
+
+    def __init__(self, d_in: int, rank: int = 32, gate_hidden: int | None = None, dropout: float = 0.1,
+                 tau: float = 0.9) -> None:
+        super().__init__()
+        self.d_in, self.rank, self.dropout, self.tau = d_in, rank, dropout, tau
+        self.gate_hidden = gate_hidden or max(1, round(0.1 * d_in))
+        self.gate = nn.Sequential(nn.Linear(d_in, self.gate_hidden), nn.GELU(), nn.Linear(self.gate_hidden, 1))
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, rank), nn.Linear(rank, d_in))
+
+    def config(self) -> dict[str, Any]:
+        return {"d_in": self.d_in, "rank": self.rank, "gate_hidden": self.gate_hidden,
+                "dropout": self.dropout, "tau": self.tau}
+
+    def gate_prob(self, k: torch.Tensor) -> torch.Tensor:
+        """sigmoid(gate(k)) ``(..., 1)``, float32."""
+        return torch.sigmoid(self.gate(k.float()))
+
+    def branch(self, k: torch.Tensor, hard: bool = True) -> torch.Tensor:
+        """m(k)·proj(k) ``(..., d_in)`` float32: m binary (gate ≥ τ) if ``hard``, else the gate."""
+        g = self.gate_prob(k)
+        m = (g >= self.tau).float() if hard else g
+        return m * self.proj(k.float())
+
+    def forward(self, k: torch.Tensor) -> torch.Tensor:
+        return k + self.branch(k).to(k.dtype)
+
+    def tag(self) -> str:
+        """A short hash of the configuration and parameters: names this adaptor in saved edits."""
+        h = hashlib.sha256(repr(sorted(self.config().items())).encode())
+        for name, p in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+class AdaptorStack:
+    """Every adaptor installed on one module, applied by one forward pre-hook: k̂ = k + Σ branches.
+
+    A key whose gates all stay closed is returned as the very same tensor (bit-identical). The
+    stack lives on the module (attribute ``_robustedit_adaptors``) while it holds adaptors.
+    """
+
+    ATTRIBUTE = "_robustedit_adaptors"
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.adaptors: list[KeyAdaptor] = []
+        self._handle = None
+
+    @classmethod
+    def of(cls, module: nn.Module) -> "AdaptorStack":
+        stack = getattr(module, cls.ATTRIBUTE, None)
+        if stack is None:
+            stack = cls(module)
+            setattr(module, cls.ATTRIBUTE, stack)
+        return stack
+
+    @classmethod
+    def installed(cls, module: nn.Module) -> list[KeyAdaptor]:
+        stack = getattr(module, cls.ATTRIBUTE, None)
+        return list(stack.adaptors) if stack is not None else []
+
+    def add(self, adaptor: KeyAdaptor) -> None:
+        adaptor.eval()
+        adaptor.requires_grad_(False)
+        self.adaptors.append(adaptor)
+        if self._handle is None:
+            self._handle = self.module.register_forward_pre_hook(self._pre)
+
+    def remove(self, adaptor: KeyAdaptor) -> None:
+        self.adaptors = [a for a in self.adaptors if a is not adaptor]
+        if not self.adaptors:
+            if self._handle is not None:
+                self._handle.remove()
+            self._handle = None
+            if getattr(self.module, self.ATTRIBUTE, None) is self:
+                delattr(self.module, self.ATTRIBUTE)
+
+    def apply(self, k: torch.Tensor) -> torch.Tensor:
+        added = None
+        for adaptor in self.adaptors:
+            b = adaptor.to(k.device).branch(k)
+            added = b if added is None else added + b
+        if added is None or not bool(added.any()):
+            return k  # every gate closed: the key itself, untouched
+        return k + added.to(k.dtype)
+
+    def _pre(self, _module: nn.Module, args: tuple) -> tuple:
+        return (self.apply(args[0]), *args[1:])
+
+
+def install(module: nn.Module, adaptor: KeyAdaptor) -> None:
+    AdaptorStack.of(module).add(adaptor)
+
+
+def uninstall(module: nn.Module, adaptor: KeyAdaptor) -> None:
+    stack = getattr(module, AdaptorStack.ATTRIBUTE, None)
+    if stack is not None:
+        stack.remove(adaptor)
