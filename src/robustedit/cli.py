@@ -258,11 +258,52 @@ def trace(
 
 
 @app.command()
+def analyze(
+    what: str = typer.Argument(..., help="similarity | pca | prefixes | values (REP paper §5.2)"),
+    dataset: str = typer.Option("rep-valid", "--dataset", help="bundled name or a JSON file"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="use only the first N cases (after --known-only)"),
+    known_only: bool = typer.Option(True, "--known-only/--all-cases", help="only cases the model knows (the paper's filter)"),
+    case_index: int = typer.Option(0, "--case-index", help="pca: which case (after filtering)"),
+    n_tokens: int = typer.Option(100_000, "--n-tokens", help="prefixes: tokens of WikiText to scan"),
+    out: Path = typer.Option(Path("runs/analysis"), "--out", help="folder for <what>.json and <what>.png"),
+    model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
+    seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
+) -> None:
+    """Why edits miss perturbed prompts: key similarities, a subject's keys in PCA, nearest unrelated prefixes, value norms."""
+    from robustedit.analysis.run import ANALYSES, run_analysis
+    from robustedit.data import load_cases
+
+    if what not in ANALYSES:
+        raise UserError(f"unknown analysis {what!r}; choose from {', '.join(ANALYSES)}")
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
+    if n_tokens < 256:
+        raise UserError("--n-tokens must be at least 256 (one window)")
+    cases = load_cases(dataset)
+    cls, econfig = _resolve("rome", model, config, set_)
+    lm = _setup(model, dtype, device, seed)
+    if known_only:
+        from robustedit.eval.filters import known_cases
+
+        kept = known_cases(lm, cases)
+        console.print(f"the model knows {len(kept)} of {len(cases)} cases")
+        cases = kept
+    cases = cases[:limit] if limit else cases
+    if not cases:
+        raise UserError(f"no cases left to analyse in {dataset}")
+    editor, _ = _build(cls, econfig, lm)
+    paths = run_analysis(what, editor, cases, out, command="robustedit " + shlex.join(sys.argv[1:]),
+                         case_index=case_index, n_tokens=n_tokens)
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+@app.command()
 def reproduce(
     name: Optional[str] = typer.Argument(None, help="experiment name (omit to list them)"),
     out: Optional[Path] = typer.Option(None, "--out", help="results folder"),
     limit: Optional[int] = typer.Option(None, "--limit", help="fewer cases than the experiment's full size (a quick run)"),
     only: Optional[str] = typer.Option(None, "--only", help="comma-separated subset of the experiment's variants"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="the experiment's data, where it takes other files (rep-table)"),
     model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
@@ -278,7 +319,7 @@ def reproduce(
         raise UserError("--limit must be at least 1")
     variants = [v.strip() for v in only.split(",") if v.strip()] if only else None
     exp.run(out=out, model=model, config=config, sets=set_ or [], seed=seed, device=device, dtype=dtype,
-            limit=limit, only=variants)
+            limit=limit, only=variants, dataset=dataset)
 
 
 def main() -> None:

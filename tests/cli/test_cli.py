@@ -59,7 +59,7 @@ def _nothing_written(tmp_path: Path, *, allowed: tuple[str, ...] = ()) -> None:
 def test_top_level_help_lists_every_command(cli):
     result = cli("--help")
     assert result.exc is None and result.code == 0, result.describe()
-    for command in ("edit", "evaluate", "stats", "reproduce"):
+    for command in ("edit", "evaluate", "stats", "reproduce", "analyze"):
         assert re.search(rf"\b{command}\b", result.out), f"{command!r} missing from --help:\n{result.out}"
 
 
@@ -294,9 +294,30 @@ def test_reproduce_unknown_name(cli, tmp_path):
     (("--only", "memit,romee"), ("romee", "memit-nullspace")),
     (("--limit", "0"), ("--limit",)),
     (("--config", "x.yaml"), ("--set",)),
-], ids=["unknown-variant", "limit", "config"])
+    (("--dataset", "rep-valid"), ("--dataset", "counterfact-val")),
+], ids=["unknown-variant", "limit", "config", "dataset"])
 def test_reproduce_sequential_errors_before_loading_the_model(cli, tmp_path, args, fragments):
     assert_user_error(cli("reproduce", "sequential", "--out", tmp_path / "out", *args), *fragments)
+    _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("--only", "rome,romee"), ("romee", "memit+rep", "tau-sweep")),
+    (("--config", "x.yaml"), ("--set",)),
+], ids=["unknown-variant", "config"])
+def test_reproduce_rep_table_errors_before_loading_the_model(cli, tmp_path, args, fragments):
+    assert_user_error(cli("reproduce", "rep-table", "--out", tmp_path / "out", *args), *fragments)
+    _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("histogram",), ("histogram", "similarity")),
+    (("pca", "--limit", "0"), ("--limit",)),
+    (("prefixes", "--n-tokens", "10"), ("--n-tokens",)),
+    (("values", "--set", "layer=99x"), ("layer",)),
+], ids=["unknown", "limit", "n-tokens", "bad-set"])
+def test_analyze_errors_before_loading_the_model(cli, tmp_path, args, fragments):
+    assert_user_error(cli("analyze", *args, "--out", tmp_path / "out"), *fragments)
     _nothing_written(tmp_path)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from robustedit.editors.keys import subject_keys, subject_prompts
 from robustedit.errors import UserError
 from robustedit.models.forward import hidden_states, logits_at
-from robustedit.models.hooks import capture_input, hooked
+from robustedit.models.hooks import capture_input, hidden_of, hooked, with_hidden
 from robustedit.models.prefix import PrefixCachedBatch
 from robustedit.models.specs import ARCHITECTURES, spec_for
 from robustedit.models.text import encode, pad, pad_id
@@ -145,6 +145,33 @@ def test_selected_rows_of_a_prefix_cached_batch_equal_their_full_forward(tiny_lm
         torch.testing.assert_close(got[j, : expected[i].shape[0]], expected[i], atol=ATOL, rtol=1e-4)
     for i, e in enumerate(expected):
         torch.testing.assert_close(again[i, : e.shape[0]], e, atol=ATOL, rtol=1e-4)
+
+
+def test_hidden_from_a_layer_equals_the_full_pass_and_its_gradient(tiny_lm):
+    """Running only layers L… on the recorded input of layer L gives the same states, and the
+    same gradient for a δ added to layer L's output at the first suffix column."""
+    tok = tiny_lm.tokenizer
+    rows = [encode(tok, s) for s in TEST_SENTENCES[:4]]
+    split = [0, 4, len(rows[2]) - 1, 2]
+    L = tiny_lm.n_layers - 1
+    pcb = PrefixCachedBatch.build(tiny_lm, rows, split, pad_id(tok))
+    delta = torch.zeros(tiny_lm.d_model, requires_grad=True)
+
+    def add(_m, _a, out):
+        h = hidden_of(out)
+        return with_hidden(out, torch.cat([h[:, :1] + delta, h[:, 1:]], dim=1))
+
+    results = []
+    for from_layer in (0, L, L):  # the second L call reuses the recording
+        with hooked(tiny_lm.layer(L), post=add):
+            h = pcb.hidden(from_layer=from_layer)
+            (grad,) = torch.autograd.grad(h.float().pow(2).sum(), delta)
+        results.append((h.detach(), grad))
+    for h, grad in results[1:]:
+        for i, (r, sp) in enumerate(zip(rows, split)):
+            n = len(r) - sp
+            torch.testing.assert_close(h[i, :n], results[0][0][i, :n], atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(grad, results[0][1], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("sliding", ["mistral", "gemma2", "gemma3_text"])

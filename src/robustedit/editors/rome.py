@@ -194,6 +194,7 @@ class ROME(Editor):
             "value_loss": value.losses[-1],
             "delta_norm": float(value.delta.norm()),
             "v0_norm": float(value.target_init.norm()),
+            "v_star_norm": float(value.target.norm()),
             "timing": sw.times,
             **extra,
         }

@@ -210,7 +210,7 @@ def _optimize_batch(lm: LanguageModel, layer: int, requests: list[EditRequest], 
     with hooked(module, post=add_delta):
         for step in range(cfg.num_steps):
             opt.zero_grad()
-            hidden = rb.forward.hidden()  # (B, S, d)
+            hidden = rb.forward.hidden(from_layer=layer)  # (B, S, d); layers below δ's are fixed
             logp = torch.log_softmax(logits_at(lm, hidden, rb.target_rows, rb.target_cols).float(), dim=-1)
             token_nll = -logp.gather(1, rb.target_tokens[:, None])[:, 0] * rb.target_weights
             nll = torch.zeros(n, device=lm.device).index_add(0, rb.owner[rb.target_rows], token_nll)

@@ -19,7 +19,7 @@ EXPERIMENTS: Registry[Experiment] = Registry("experiment")
 
 
 def _register_all() -> None:
-    from robustedit.experiments import sequential  # noqa: F401  (registers itself)
+    from robustedit.experiments import rep_table, sequential  # noqa: F401  (they register themselves)
 
 
 _register_all()

