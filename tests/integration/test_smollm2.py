@@ -110,3 +110,35 @@ def test_sequential_memit_saves_loads_and_undoes_exactly(smollm2, tmp_path):
     assert sum(s.first_top1 for s in scores) / 4 == summary["metrics"]["efficacy_top1"]
     backup.restore()
     assert all(torch.equal(v, smollm2.model.state_dict()[k]) for k, v in state.items())
+
+
+def test_rome_with_rep_edits_trains_its_adaptor_and_undoes_exactly(smollm2, tmp_path):
+    """ROME + REP on the first rep-valid case: the edit takes, the adaptor's training pulls the
+    in-domain keys toward k* (under its soft gate), neighbours mostly keep their answer, and the
+    saved edit (weights + adaptor) loads and undoes bit-exactly."""
+    import dataclasses
+
+    from robustedit.editors import load_edit, save_edit, undo_saved
+    from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
+
+    case = load_cases("rep-valid", limit=1)[0]
+    probes = robustness_probes(case, smollm2.tokenizer, RobustnessConfig())
+    request = dataclasses.replace(case.request, in_domain=in_domain(probes))
+    editor, cfg = make_editor("rome+rep", smollm2)
+    state = {k: v.clone() for k, v in smollm2.model.state_dict().items()}
+    before = top1(smollm2, list(case.neighborhood_prompts))
+    delta = editor.edit([request])
+    rep = delta.info["rep"][str(editor.config.layer)]
+    assert rep["similarity_soft_gate"] > rep["similarity_before"], rep
+    target = smollm2.tokenizer(" " + case.request.target_new, add_special_tokens=False)["input_ids"][0]
+    with applied(smollm2, delta):
+        assert top1(smollm2, [case.request.text])[0] == target
+        after = top1(smollm2, list(case.neighborhood_prompts))
+    kept = sum(a == b for a, b in zip(before, after))
+    assert kept >= 0.7 * len(before), f"only {kept}/{len(before)} neighbour prompts kept their prediction"
+    save_edit(tmp_path / "rep", smollm2, delta, [request], cfg)
+    load_edit(tmp_path / "rep", smollm2)
+    assert top1(smollm2, [case.request.text])[0] == target
+    undo_saved(tmp_path / "rep", smollm2)
+    assert all(torch.equal(v, smollm2.model.state_dict()[k]) for k, v in state.items())
+    assert top1(smollm2, list(case.neighborhood_prompts)) == before
