@@ -45,7 +45,7 @@ def test_closed_gate_leaves_every_key_and_output_bit_identical(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     module = lm.down_proj(1)
     before = outputs(lm)
-    k = torch.randn(2, 5, gated(1, 0).d_in if False else module.in_features)
+    k = torch.randn(2, 5, module.in_features)
     closed = gated(module.in_features, -50.0)
     stack = AdaptorStack(module)
     stack.adaptors.append(closed)
@@ -106,7 +106,7 @@ def test_training_raises_the_whitened_similarity_of_the_keys():
     fit = train_adaptor(keys, owners, targets, REPConfig(steps=30, lr=1e-2, dropout=0.0, absolute=False))
     assert fit.info["similarity_after"] > fit.info["similarity_before"] + 0.1
     assert fit.info["losses"][-1] < fit.info["losses"][0]
-    assert not any(p.requires_grad for p in fit.adaptor.parameters()) or not fit.adaptor.training
+    assert not fit.adaptor.training  # returned in eval mode: dropout off, binary gate
 
 
 def test_algorithm_1_literal_form_gives_the_gate_no_gradient():

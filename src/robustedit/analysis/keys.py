@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from robustedit.data import Case
-from robustedit.editors.keys import at_subjects
+from robustedit.editors.keys import at_subjects, corpus_keys
 from robustedit.editors.rep import whitened_targets
 from robustedit.eval.robustness import RobustnessConfig, probes_of_case
 from robustedit.models.hooks import run_until
@@ -42,10 +42,9 @@ def inserted_key(editor, case: Case) -> torch.Tensor:
 @torch.no_grad()
 def random_keys(lm, layer: int, n: int, corpus: str, seed: int = 0) -> torch.Tensor:
     """``n`` keys ``(n, d_in)`` at random token positions of ``corpus`` (the unrelated baseline)."""
-    windows = token_windows(lm.tokenizer, corpus, max(4 * n, 1024), 256).to(lm.device)
-    keys = torch.cat([run_until(lm.model, lm.down_proj(layer), input_ids=w[None], use_cache=False)[0] for w in windows])
+    keys = corpus_keys(lm, lm.down_proj(layer), corpus, max(4 * n, 1024))
     g = torch.Generator().manual_seed(seed)
-    return keys[torch.randperm(len(keys), generator=g)[:n].to(keys.device)].float()
+    return keys[torch.randperm(len(keys), generator=g)[:n].to(keys.device)]
 
 
 @torch.no_grad()
@@ -108,7 +107,8 @@ def nearest_prefixes(editor, cases: list[Case], n_tokens: int = 100_000, top: in
     lm, layer = editor.lm, editor.config.layer
     C = editor.covariance()
     module = lm.down_proj(layer)
-    goals = whitened_targets(C, torch.stack([inserted_key(editor, c) for c in cases]))  # (n, d_in)
+    k_stars = torch.stack([inserted_key(editor, c) for c in cases])  # (n, d_in)
+    goals = whitened_targets(C, k_stars)
     subject_last = torch.tensor([encode(lm.tokenizer, " " + c.request.subject)[-1] for c in cases], device=lm.device)
     windows = token_windows(lm.tokenizer, corpus, n_tokens, 256).to(lm.device)
     best_sim = torch.full((len(cases), top), -float("inf"), device=lm.device)
@@ -138,7 +138,7 @@ def nearest_prefixes(editor, cases: list[Case], n_tokens: int = 100_000, top: in
             entries.append({"similarity": sim, "prefix": lm.tokenizer.decode(flat_ids[start : p + 1].tolist())})
             all_sims.append(sim)
         out.append({"case_id": case.case_id, "subject": case.request.subject,
-                    "self": float(inserted_key(editor, case) @ goals[i]), "nearest": entries})
+                    "self": float(k_stars[i] @ goals[i]), "nearest": entries})
     return {"layer": layer, "model": lm.name, "corpus": corpus, "n_tokens": int(windows.numel()), "top": top,
             "similarities": all_sims, "cases": out}
 

@@ -7,6 +7,7 @@ import torch
 from robustedit.models.hooks import run_until
 from robustedit.models.load import LanguageModel
 from robustedit.models.text import encode, fill, pad, pad_id, subject_last_index
+from robustedit.stats.corpus import token_windows
 
 
 def subject_prompts(tokenizer, templates: list[str], subject: str) -> tuple[list[list[int]], list[int]]:
@@ -55,3 +56,11 @@ def group_mean(keys: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     if sum(sizes) != keys.shape[0] or min(sizes) < 1:
         raise ValueError(f"group sizes {sizes} do not partition {keys.shape[0]} keys")
     return torch.stack([g.mean(0) for g in keys.split(sizes)]).mean(0)
+
+
+@torch.no_grad()
+def corpus_keys(lm: LanguageModel, module: torch.nn.Module, corpus: str, n_tokens: int, seq_len: int = 256) -> torch.Tensor:
+    """The input of ``module`` at every token of the first ``n_tokens`` tokens of a shipped corpus,
+    ``(T, d_in)`` float32 (keys of unrelated text)."""
+    windows = token_windows(lm.tokenizer, corpus, n_tokens, seq_len).to(lm.device)
+    return torch.cat([run_until(lm.model, module, input_ids=w[None], use_cache=False)[0] for w in windows]).float()

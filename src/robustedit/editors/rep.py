@@ -52,14 +52,12 @@ import torch.nn.functional as F
 from robustedit.data import Case
 from robustedit.editors.adaptors import KeyAdaptor
 from robustedit.editors.base import Delta, Editor, Stopwatch, applied, register_editor
-from robustedit.editors.keys import at_subjects
+from robustedit.editors.keys import at_subjects, corpus_keys
 from robustedit.editors.memit import MEMIT, MEMITConfig
 from robustedit.editors.rome import ROME, ROMEConfig
 from robustedit.errors import UserError
 from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
-from robustedit.models.hooks import run_until
 from robustedit.request import EditRequest, Probe
-from robustedit.stats.corpus import token_windows
 
 
 @dataclass(frozen=True)
@@ -175,8 +173,7 @@ def negative_keys(lm, module: torch.nn.Module, C: torch.Tensor, k_star: torch.Te
                   corpus: str, seed: int) -> torch.Tensor:
     """``2n`` keys of unrelated text at ``module``: the ``n`` nearest to any k* under kᵀC⁻¹k*,
     and ``n`` random others (beyond the paper; module docstring)."""
-    windows = token_windows(lm.tokenizer, corpus, n_tokens, 256).to(lm.device)
-    keys = torch.cat([run_until(lm.model, module, input_ids=w[None], use_cache=False)[0] for w in windows]).float()
+    keys = corpus_keys(lm, module, corpus, n_tokens)
     sims = (keys @ whitened_targets(C, k_star).T).abs().amax(-1)  # (T,)
     nearest = sims.topk(min(n, len(keys))).indices
     rest = torch.ones(len(keys), dtype=torch.bool, device=keys.device)
