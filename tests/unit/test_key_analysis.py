@@ -16,7 +16,7 @@ from robustedit.editors.base import applied, build_editor
 from robustedit.errors import UserError
 from robustedit.eval.metrics import case_metrics, score_case
 from robustedit.eval.robustness import RobustnessConfig, robustness_probes
-from robustedit.experiments.rep_table import table_markdown, tau_sweep
+from robustedit.experiments.rep_table import table_markdown, tau_sweep, tau_sweep_markdown
 from robustedit.request import EditRequest
 
 STATS = {"n_tokens": 2048, "seq_len": 64, "batch_size": 8}
@@ -96,6 +96,10 @@ def test_tau_sweep_with_every_gate_closed_scores_the_rome_edit_alone(tiny_lm_fac
     with applied(lm, rome.edit([CASES[0].request])):
         expected = case_metrics(pre, score_case(lm, CASES[0], probes))
     assert sweep["metrics"]["0.999999"] == pytest.approx(expected)
+    assert sweep["without_adaptor"] == pytest.approx(expected)  # the reference row: ROME's weights alone
+    assert 0 <= sweep["training"]["gate_mean"] <= 1
+    md = tau_sweep_markdown({**sweep, "model": "tiny", "dataset": "hand-made"})
+    assert "| ROME alone |" in md and "| 0.999999 |" in md
 
 
 def test_table_markdown_lists_rows_and_marks_missing_metrics():

@@ -26,6 +26,9 @@ The target never enters: the in-domain probes contribute only keys, as the paper
   (normalize(g·p) = normalize(p) for g > 0), so the gate would never be trained and, starting near
   0.5, never pass τ = 0.9. Default: Eq. 5 (``residual_in_training=True``); false reproduces
   Algorithm 1 literally.
+- *What τ is compared with.* The text thresholds the gate's output s = sigmoid(o); Algorithm 1
+  (line 22) writes m = int(o ≥ τ) with the logit o. We compare s (``adaptors.KeyAdaptor``); the
+  logit reading o ≥ 0.9 is s ≥ sigmoid(0.9) ≈ 0.71, a point of the τ sweep (``rep-table``).
 - *|·| in the loss.* Taken as written (``absolute=True``): a key pulled to −k* counts as aligned.
   ``absolute=False`` maximises the signed similarity instead (a ROME update adds −Λ to −k*).
 - *What keeps the gate closed elsewhere.* Nothing in the paper trains the gate on other keys; only

@@ -58,7 +58,7 @@ def sequential_markdown(points: list[dict]) -> str:
 
 
 def write_sequential_plot(path: Path, runs: dict[str, list[dict]]) -> Path:
-    """Metrics against the number of edits (log scale), one line per run; the unedited model's
+    """Metrics against the number of edits (log scale; perplexity too), one line per run; the unedited model's
     perplexity and agreement (n = 0) are the dotted lines."""
     import matplotlib
 
@@ -75,6 +75,8 @@ def write_sequential_plot(path: Path, runs: dict[str, list[dict]]) -> Path:
             if name in points[0]:  # the unedited model's value
                 ax.axhline(points[0][name], color=line.get_color(), linestyle=":", linewidth=1)
         ax.set_xscale("log")
+        if name == "perplexity":  # a collapsed model's perplexity is orders of magnitude off
+            ax.set_yscale("log")
         ax.set_title(name)
         ax.set_xlabel("sequential edits")
         ax.grid(alpha=0.3)

@@ -24,7 +24,7 @@ from pathlib import Path
 from statistics import fmean
 
 from robustedit.data import load_cases
-from robustedit.editors.base import applied
+from robustedit.editors.base import Delta, applied
 from robustedit.errors import UserError
 from robustedit.eval.filters import known_cases
 from robustedit.eval.metrics import case_metrics, score_case
@@ -58,24 +58,49 @@ def table_markdown(results: dict[str, dict], dataset: str, model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mean_metrics(rows: list[dict]) -> dict[str, float]:
+    names = sorted({k for r in rows for k in r})
+    return {k: fmean(r[k] for r in rows if k in r) for k in names}
+
+
 def tau_sweep(editor, cases, rob: RobustnessConfig, taus=TAUS) -> dict:
-    """Mean metrics at each τ for the same trained adaptors (module docstring)."""
+    """Mean metrics at each τ for the same trained adaptors (module docstring), and, as the
+    reference, the base editor's weights alone (``without_adaptor``: ROME's row of the table on
+    the same cases and edits). ``training`` averages the adaptors' fit diagnostics over cases."""
     lm = editor.lm
     per_tau: dict[float, list[dict]] = {t: [] for t in taus}
+    base_rows, training = [], []
     for case in progress(cases, desc="tau sweep"):
         probes = robustness_probes(case, lm.tokenizer, rob)
         pre = score_case(lm, case, probes)
         delta = editor.edit([dataclasses.replace(case.request, in_domain=in_domain(probes))])
+        training += list(delta.info.get("rep", {}).values())
+        with applied(lm, Delta(delta.weights)):
+            base_rows.append(case_metrics(pre, score_case(lm, case, probes)))
         for tau in taus:
             for adaptor in delta.adaptors.values():
                 adaptor.tau = tau
             with applied(lm, delta):
                 per_tau[tau].append(case_metrics(pre, score_case(lm, case, probes)))
-    curves = {}
-    for tau, rows in per_tau.items():
-        names = sorted({k for r in rows for k in r})
-        curves[str(tau)] = {k: fmean(r[k] for r in rows if k in r) for k in names}
-    return {"taus": list(taus), "n_cases": len(cases), "metrics": curves}
+    fit_keys = ("gate_mean", "gate_open_share", "similarity_before", "similarity_soft_gate", "similarity_after")
+    return {"taus": list(taus), "n_cases": len(cases),
+            "metrics": {str(tau): _mean_metrics(rows) for tau, rows in per_tau.items()},
+            "without_adaptor": _mean_metrics(base_rows),
+            "training": {k: fmean(t[k] for t in training) for k in fit_keys if training and all(k in t for t in training)}}
+
+
+def tau_sweep_markdown(result: dict) -> str:
+    lines = [f"# ROME + REP against the gate threshold τ on {result.get('model', '?')}: {result.get('dataset', '?')}", "",
+             f"Top-1 success in %, {result['n_cases']} known cases; each case edited once, its adaptor scored at every τ.", "",
+             "| τ | " + " | ".join(SWEEP_METRICS) + " |", "|---|" + "---|" * len(SWEEP_METRICS)]
+    rows = [(str(t), result["metrics"][str(t)]) for t in result["taus"]]
+    rows.append(("ROME alone", result.get("without_adaptor", {})))
+    for label, m in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{100 * m[k]:.1f}" if k in m else "–" for k in SWEEP_METRICS) + " |")
+    if result.get("training"):
+        lines += ["", "Adaptor training (mean over cases): " +
+                  ", ".join(f"{k} {v:.3g}" for k, v in result["training"].items())]
+    return "\n".join(lines) + "\n"
 
 
 def plot_tau_sweep(result: dict, path: Path) -> Path:
@@ -87,11 +112,15 @@ def plot_tau_sweep(result: dict, path: Path) -> Path:
         ys = [result["metrics"][str(t)].get(metric) for t in taus]
         if all(y is None for y in ys):
             continue
-        ax.plot(taus, [100 * y if y is not None else float("nan") for y in ys], marker="o", markersize=3,
-                linestyle="--" if metric.endswith("_ood") else "-", label=metric)
+        line, = ax.plot(taus, [100 * y if y is not None else float("nan") for y in ys], marker="o", markersize=3,
+                        linestyle="--" if metric.endswith("_ood") else "-", label=metric)
+        base = result.get("without_adaptor", {}).get(metric)
+        if base is not None:  # the same edits without the adaptor: a thin dotted line in the same colour
+            ax.axhline(100 * base, color=line.get_color(), linestyle=":", linewidth=0.8)
     ax.set_xlabel("gate threshold τ")
     ax.set_ylabel("top-1 success (%)")
-    ax.set_title(f"ROME + REP against τ ({result['dataset']}, {result['n_cases']} known cases)", fontsize=9)
+    ax.set_title(f"ROME + REP against τ ({result['dataset']}, {result['n_cases']} known cases; "
+                 "dotted: ROME alone)", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, path)
 
@@ -149,9 +178,10 @@ def run(*, out: Path | None, model: str, config: str | None, sets: list[str], se
         sweep.update({"dataset": SWEEP_DATASET, "model": lm.name, "command": command, "config": cfg, "filter": counts})
         out.mkdir(parents=True, exist_ok=True)
         (out / "tau_sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
+        (out / "tau_sweep.md").write_text(tau_sweep_markdown(sweep))
         plot_tau_sweep(sweep, out / "tau_sweep.png")
         results["tau-sweep"] = sweep
-        log.info("wrote %s/tau_sweep.json and tau_sweep.png", out)
+        log.info("wrote %s/tau_sweep.{json,md,png}", out)
     return results
 
 

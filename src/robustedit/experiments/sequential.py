@@ -4,7 +4,8 @@ null-space update (AlphaEdit) and the memory of committed edits alone (``edit_me
 
 Each variant is one sequential run of the first N cases of ``counterfact-val`` (CounterFact in
 EasyEdit's schema; the 925-case original file is too small for N = 1000) (``eval.sequential``), scored
-at 1, 10, 100, … and N edits, in its own folder ``OUT/<variant>-n<N>/``. A variant whose folder already
+at 1, 10, 100, … and N edits (ability probes: the neighbour prompts of cases 1000–1049, whatever
+N), in its own folder ``OUT/<variant>-n<N>/``. A variant whose folder already
 has a ``summary.json`` is not run again, so an interrupted reproduction continues where it stopped
 (the variant in flight starts over). The combined table and plot are ``OUT/sequential.{json,md,png}``.
 """
@@ -64,15 +65,17 @@ def run(*, out: Path | None, model: str, config: str | None, sets: list[str], se
     n = min(limit or N_MAX, N_MAX)
     out = Path(out or "runs/reproduce-sequential")
     cases = load_cases(DATASET)
-    if len(cases) < n + PROBE_CASES:
-        raise UserError(f"the {DATASET} file has {len(cases)} cases; {n} edits need {n + PROBE_CASES}")
-    edited, probe = cases[:n], cases[n : n + PROBE_CASES]
+    if len(cases) < N_MAX + PROBE_CASES:
+        raise UserError(f"the {DATASET} file has {len(cases)} cases; the reproduction needs {N_MAX + PROBE_CASES}")
+    edited, probe = cases[:n], cases[N_MAX : N_MAX + PROBE_CASES]  # the same probes whatever --limit
     lm = _setup(model, dtype, device, seed)
     results = {}
-    for variant in variants:
+    for variant in VARIANTS:  # the combined table shows every variant already run at this N
         folder = out / f"{variant.name}-n{n}"
         if (folder / "summary.json").exists():
             results[variant.name] = json.loads((folder / "summary.json").read_text())
+            continue
+        if variant not in variants:
             continue
         for leftover in ("records.jsonl", "checkpoints.jsonl", "edits.jsonl"):  # a variant cut short starts over
             (folder / leftover).unlink(missing_ok=True)
