@@ -10,7 +10,7 @@ from robustedit.editors.base import build_editor
 from robustedit.errors import UserError
 from robustedit.eval.metrics import case_metrics
 from robustedit.eval.runner import RunInfo, read_records, run_evaluation
-from robustedit.eval.scoring import TargetScore, score_pairs
+from robustedit.eval.scoring import TargetScore, length_batches, score_pairs
 from robustedit.request import EditRequest
 
 
@@ -33,6 +33,23 @@ def test_score_pairs_matches_a_direct_forward(tiny_lm_factory):
         assert s.next_token == int(logp[len(p) - 1].argmax())
         argmax = [int(logp[len(p) - 1 + j].argmax()) for j in range(len(t))]
         assert s.token_acc == pytest.approx(sum(a == b for a, b in zip(argmax, t)) / len(t))
+
+
+def test_length_batches_respect_rows_and_padded_tokens():
+    seqs = [(0,) * n for n in (2, 2, 3, 3, 3, 10, 10, 40)]
+    batches = length_batches(seqs, batch_size=3, max_tokens=20)
+    assert [s for b in batches for s in b] == seqs  # order kept, nothing lost
+    assert all(len(b) <= 3 and (len(b) * len(b[-1]) <= 20 or len(b) == 1) for b in batches)
+    assert [len(b) for b in batches] == [3, 2, 2, 1]  # the 40-token sequence goes alone
+
+
+def test_score_pairs_is_the_same_whatever_the_batching(tiny_lm_factory):
+    lm = tiny_lm_factory("llama")
+    pairs = [("Paris is the capital of", "France"), ("A much longer prompt about " + "the city " * 30 + "is in", "Europe"),
+             ("The mother tongue of Danielle Darrieux is", "French")]
+    one_batch, tight = score_pairs(lm, pairs, max_tokens=10**6), score_pairs(lm, pairs, max_tokens=16)
+    for a, b in zip(one_batch, tight):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-5) and a.argmax == b.argmax
 
 
 def _s(logprob, next_token=0, argmax=(0,), target=(0,)):

@@ -30,8 +30,21 @@ class TargetScore:
         return self.next_token == self.target[0]
 
 
+def length_batches(seqs: list[tuple], batch_size: int, max_tokens: int) -> list[list[tuple]]:
+    """Length-sorted ``seqs`` cut into batches of at most ``batch_size`` rows and ``max_tokens``
+    padded tokens: one 512-token prompt must not pad fifty short ones to its length (the REP
+    paper's long-context probes made one case's scoring 5× slower that way)."""
+    batches: list[list[tuple]] = []
+    for seq in seqs:  # ascending length, so a batch pads to its last sequence's length
+        if not batches or len(batches[-1]) == batch_size or (len(batches[-1]) + 1) * len(seq) > max_tokens:
+            batches.append([])
+        batches[-1].append(seq)
+    return batches
+
+
 @torch.inference_mode()
-def score_pairs(lm: LanguageModel, pairs: list[tuple[str, str]], batch_size: int = 64) -> list[TargetScore]:
+def score_pairs(lm: LanguageModel, pairs: list[tuple[str, str]], batch_size: int = 64,
+                max_tokens: int = 4096) -> list[TargetScore]:
     tok = lm.tokenizer
     prompt_ids: dict[str, list[int]] = {}
     plans = []  # (sequence key, first position, target ids)
@@ -44,8 +57,7 @@ def score_pairs(lm: LanguageModel, pairs: list[tuple[str, str]], batch_size: int
     firsts = {}
     for seq, first, _ in plans:
         firsts[seq] = min(first, firsts.get(seq, first))
-    for start in range(0, len(unique), batch_size):
-        chunk = unique[start : start + batch_size]
+    for chunk in length_batches(unique, batch_size, max_tokens):
         batch = pad([list(s) for s in chunk], pad_id(tok), lm.device)
         hidden = hidden_states(lm, batch)
         rows, cols = [], []
