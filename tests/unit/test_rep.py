@@ -12,6 +12,7 @@ import robustedit.editors  # noqa: F401  (registers the editors)
 from robustedit.editors import load_edit, save_edit, undo_saved
 from robustedit.editors.adaptors import AdaptorStack, KeyAdaptor, install, uninstall
 from robustedit.editors.base import Delta, applied, apply_delta, build_editor
+from robustedit.editors.keys import at_subjects, subject_and_other_states
 from robustedit.editors.rep import REPConfig, alignment_loss, train_adaptor
 from robustedit.errors import UserError
 from robustedit.models.forward import hidden_states
@@ -56,6 +57,16 @@ def test_closed_gate_leaves_every_key_and_output_bit_identical(tiny_lm_factory):
     finally:
         uninstall(module, closed)
     assert not hasattr(module, AdaptorStack.ATTRIBUTE) and not module._forward_pre_hooks
+
+
+def test_preserve_norm_turns_open_keys_without_resizing_and_leaves_shut_ones_alone():
+    torch.manual_seed(1)
+    k = torch.randn(6, 16)
+    opened, shut = gated(16, 50.0), gated(16, -50.0)
+    opened.preserve_norm = shut.preserve_norm = True
+    out = opened(k)
+    assert torch.allclose(out.norm(dim=-1), k.norm(dim=-1), rtol=1e-5) and not torch.allclose(out, k)
+    assert torch.equal(shut(k), k) and opened.config()["preserve_norm"] is True
 
 
 def test_open_gates_add_their_branches_on_the_unadapted_key(tiny_lm_factory):
@@ -153,6 +164,38 @@ def test_rep_editor_returns_the_base_delta_plus_trained_adaptors_and_saves_loads
     assert torch.equal(outputs(lm), before) and same_state(lm, state) == []
     assert all(not AdaptorStack.installed(lm.down_proj(i)) for i in layers)
     del backup
+
+
+def test_adapt_reuses_one_base_edit_without_changing_it(tiny_lm_factory):
+    lm = tiny_lm_factory("llama")
+    ed = build_editor("rome+rep", lm, {**ROME_CONFIG, "rep": {"steps": 3}})
+    base = ed.base.edit([REQUEST])
+    info_before = repr(base.info)
+    first, second = ed.adapt(base, [REQUEST]), ed.adapt(base, [REQUEST])
+    assert repr(base.info) == info_before and not base.adaptors  # the base delta is left as it was
+    assert first.weights is base.weights and "rep" in first.info
+    assert [a.tag() for a in first.adaptors.values()] == [a.tag() for a in second.adaptors.values()]  # seeded
+
+
+def test_subject_and_other_states_split_every_real_token(tiny_lm_factory):
+    lm = tiny_lm_factory("llama")
+    filled = [("The mother tongue of {} is", "Danielle Darrieux"), ("{} was made by", "Apple A5 chip")]
+    module = lm.down_proj(1)
+    at, others = subject_and_other_states(lm, module, filled, output=False)
+    n_tokens = sum(len(encode(lm.tokenizer, t.format(s))) for t, s in filled)
+    assert at.shape[0] == 2 and others.shape[0] == n_tokens - 2  # padding excluded
+    assert torch.equal(at, at_subjects(lm, module, filled, output=False))
+
+
+def test_prompt_negatives_train_the_gate_shut_beside_the_subject(tiny_lm_factory):
+    lm = tiny_lm_factory("llama")
+    rep = {"steps": 20, "lr": 1e-2, "tau": 0.5}
+    plain = build_editor("rome+rep", lm, {**ROME_CONFIG, "rep": rep}).edit([REQUEST]).info["rep"]["1"]
+    shut = build_editor("rome+rep", lm, {**ROME_CONFIG, "rep": {**rep, "prompt_negatives": True}})
+    info = shut.edit([REQUEST]).info["rep"]["1"]
+    assert info["negative_gate_open_share"] < 0.2 and info["gate_open_share"] > 0, info
+    assert info["gate_open_share"] > info["negative_gate_open_share"]
+    assert "negative_gate_open_share" not in plain
 
 
 def test_rep_without_in_domain_probes_generates_its_own(tiny_lm_factory):

@@ -27,19 +27,31 @@ def at_subjects(lm: LanguageModel, module: torch.nn.Module, filled: list[tuple[s
     ``(template, subject)`` pair, ``(N, width)``, in padded batches of up to ``batch_size`` prompts
     (of any subjects: one call serves a whole batch of requests). The forward pass stops at
     ``module``: nothing above it can change the result."""
+    return subject_and_other_states(lm, module, filled, output=output, batch_size=batch_size)[0]
+
+
+@torch.no_grad()
+def subject_and_other_states(lm: LanguageModel, module: torch.nn.Module, filled: list[tuple[str, str]], *,
+                             output: bool, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """As ``at_subjects``, and also the states at every *other* real (non-padding) token of the
+    prompts, ``(M, width)``: the tokens an adaptor on ``module`` sees besides the subject's last."""
     rows, last = [], []
     for template, subject in filled:
         r, i = subject_prompts(lm.tokenizer, [template], subject)
         rows += r
         last += i
-    out = []
+    at, others = [], []
     for start in range(0, len(rows), batch_size):
         chunk, idx = rows[start : start + batch_size], last[start : start + batch_size]
         batch = pad(chunk, pad_id(lm.tokenizer), lm.device)
         h = run_until(lm.model, module, output=output, input_ids=batch.input_ids,
                       attention_mask=batch.attention_mask, use_cache=False)  # (B, T, width)
-        out.append(h[torch.arange(len(chunk)), torch.tensor(idx)])
-    return torch.cat(out)
+        rows_idx = torch.arange(len(chunk))
+        at.append(h[rows_idx, torch.tensor(idx)])
+        other = batch.attention_mask.bool().clone()
+        other[rows_idx, torch.tensor(idx)] = False
+        others.append(h[other.to(h.device)])
+    return torch.cat(at), torch.cat(others)
 
 
 def subject_keys(lm: LanguageModel, layer: int, templates: list[str], subject: str) -> torch.Tensor:

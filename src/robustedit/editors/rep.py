@@ -33,9 +33,23 @@ The target never enters: the in-domain probes contribute only keys, as the paper
   ``absolute=False`` maximises the signed similarity instead (a ROME update adds −Λ to −k*).
 - *What keeps the gate closed elsewhere.* Nothing in the paper trains the gate on other keys; only
   τ protects them. Default: as the paper (``negatives=0``). Beyond the paper, ``negatives=N``
-  also trains the gate towards 0 (binary cross-entropy, weight ``negative_weight``) on N keys of
+  also trains the gate as a classifier (binary cross-entropy, weight ``negative_weight``, the two
+  classes weighing the same): open on the subject's training keys, shut on N keys of
   unrelated text: the nearest ones to k* under the whitened similarity among the keys of the
-  statistics corpus (the "similar but unrelated prefixes" of §5.2) plus as many random ones.
+  statistics corpus (the "similar but unrelated prefixes" of §5.2) plus as many random ones; and
+  ``prompt_negatives=True`` adds the keys at every other token of the training prompts (the
+  relation's words, the other subject tokens, the long contexts), where the adaptor also sits.
+  On SmolLM2, a gate trained without negatives at a learning rate that opens it at all opens on
+  exactly those tokens (``benchmarks/rep_select.py``; README, "Robustness and REP").
+- *Size of the adapted key.* Eq. 6 normalises k̂, so nothing bounds ‖proj(k)‖: on SmolLM2, once
+  the gate opens, the branch grows to ~10‖k‖ and the edit answers such a key ~8 times as strongly
+  as k* (and W·proj(k) adds an unrelated value). Default: as the paper; ``preserve_norm=True``
+  rescales k + m·proj(k) to ‖k‖ (``adaptors.KeyAdaptor``), which leaves the loss unchanged.
+- *Scale of the loss.* kᵀC⁻¹k* is in the units of C⁻¹ (hundreds on SmolLM2, varying by edit), so
+  Eq. 6 as written would swamp any other term and weigh edits in one call by ‖C⁻¹k*‖. With
+  ``unit_goal=True`` (default) the loss uses C⁻¹k*/‖C⁻¹k*‖: for one edit this is Eq. 6 times a
+  constant, and Adam's steps are invariant to that (up to its ε), so the paper's setting trains
+  the same adaptor; the negatives' cross-entropy then weighs as ``negative_weight`` says.
 - *Several edits.* One adaptor per edited module per ``edit`` call, trained on the keys of all the
   call's requests, each pulled toward its own k*. Across calls (sequential editing) adaptors add
   their branches, each on the unadapted key (``adaptors.AdaptorStack``).
@@ -55,7 +69,7 @@ import torch.nn.functional as F
 from robustedit.data import Case
 from robustedit.editors.adaptors import KeyAdaptor
 from robustedit.editors.base import Delta, Editor, Stopwatch, applied, register_editor
-from robustedit.editors.keys import at_subjects, corpus_keys
+from robustedit.editors.keys import corpus_keys, subject_and_other_states
 from robustedit.editors.memit import MEMIT, MEMITConfig
 from robustedit.editors.rome import ROME, ROMEConfig
 from robustedit.errors import UserError
@@ -78,8 +92,14 @@ class REPConfig:
         "help": "also train on the rephrased/shuffled prompts inside the base editor's context templates"})
     negatives: int = field(default=0, metadata={
         "help": "beyond the paper: train the gate closed on this many nearest + this many random unrelated keys"})
+    prompt_negatives: bool = field(default=False, metadata={
+        "help": "beyond the paper: also train the gate closed at every other token of the training prompts"})
     negative_weight: float = field(default=1.0, metadata={"help": "weight of the gate's loss on negatives"})
     negative_tokens: int = field(default=8192, metadata={"help": "corpus tokens searched for negatives"})
+    preserve_norm: bool = field(default=False, metadata={
+        "help": "beyond the paper: rescale an adapted key to its original norm (the loss sees only directions)"})
+    unit_goal: bool = field(default=True, metadata={
+        "help": "divide each C⁻¹k* by its norm in the loss (same Adam steps for one edit; comparable to the negatives' loss)"})
     seed: int = field(default=0, metadata={"help": "seed of the adaptor's initialisation and dropout"})
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig, metadata={
         "help": "how probes are generated for a request that carries no in-domain probes"})
@@ -106,11 +126,22 @@ def whitened_targets(C: torch.Tensor, k_star: torch.Tensor) -> torch.Tensor:
 
 def alignment_loss(adaptor: KeyAdaptor, keys: torch.Tensor, goal: torch.Tensor, cfg: REPConfig) -> torch.Tensor:
     """Eq. 6: − mean | normalize(k̂)ᵀ C⁻¹k* | over keys ``(N, d_in)`` with their goals C⁻¹k*
-    ``(N, d_in)``; k̂ as Eq. 5 or, with ``residual_in_training=False``, Algorithm 1 line 14."""
+    ``(N, d_in)``; k̂ as Eq. 5 or, with ``residual_in_training=False``, Algorithm 1 line 14.
+    With ``unit_goal`` each goal is divided by its norm (module docstring)."""
     branch = adaptor.branch(keys, hard=False)
     k_hat = keys + branch if cfg.residual_in_training else branch
+    if cfg.unit_goal:
+        goal = F.normalize(goal, dim=-1)
     sim = (F.normalize(k_hat, dim=-1) * goal).sum(-1)
     return -(sim.abs() if cfg.absolute else sim).mean()
+
+
+def gate_classification_loss(adaptor: KeyAdaptor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the gate: open (1) on the subject's keys, shut (0) on the negatives,
+    each class's mean weighing the same (beyond the paper; module docstring)."""
+    pos, neg = adaptor.gate(positives)[:, 0], adaptor.gate(negatives)[:, 0]
+    return (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
+            + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))) / 2
 
 
 def train_adaptor(keys: torch.Tensor, owners: torch.Tensor, targets: torch.Tensor, cfg: REPConfig,
@@ -122,7 +153,8 @@ def train_adaptor(keys: torch.Tensor, owners: torch.Tensor, targets: torch.Tenso
     d_in = keys.shape[1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        adaptor = KeyAdaptor(d_in, cfg.rank, max(1, round(cfg.gate_hidden_fraction * d_in)), cfg.dropout, cfg.tau)
+        adaptor = KeyAdaptor(d_in, cfg.rank, max(1, round(cfg.gate_hidden_fraction * d_in)), cfg.dropout, cfg.tau,
+                             cfg.preserve_norm)
         adaptor.to(keys.device).train()
         opt = torch.optim.Adam(adaptor.parameters(), lr=cfg.lr)
         goal = targets.float()[owners]  # (N, d_in)
@@ -130,8 +162,7 @@ def train_adaptor(keys: torch.Tensor, owners: torch.Tensor, targets: torch.Tenso
         for _ in range(cfg.steps):
             loss = alignment_loss(adaptor, keys, goal, cfg)
             if negatives is not None and len(negatives) and cfg.negative_weight > 0:
-                logits = adaptor.gate(negatives.float())[:, 0]
-                loss = loss + cfg.negative_weight * F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+                loss = loss + cfg.negative_weight * gate_classification_loss(adaptor, keys, negatives.float())
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -212,7 +243,11 @@ class _WithREP(Editor):
         raise NotImplementedError
 
     def edit(self, requests: list[EditRequest]) -> Delta:
-        delta = self.base.edit(requests)
+        return self.adapt(self.base.edit(requests), requests)
+
+    def adapt(self, delta: Delta, requests: list[EditRequest]) -> Delta:
+        """``delta`` (the base editor's edit of ``requests``) plus the trained adaptors. Separate from
+        ``edit`` so that adaptor settings can be compared on one base edit (benchmarks/rep_select.py)."""
         cfg, lm, sw = self.config.rep, self.lm, Stopwatch()
         contexts = self.base.context_templates()
         adaptors, infos = {}, {}
@@ -226,13 +261,15 @@ class _WithREP(Editor):
                         prompts = training_prompts(request, contexts, cfg, lm.tokenizer)
                         filled += [(p.template, p.subject) for p in prompts]
                         owners += [i] * len(prompts)
-                    keys = at_subjects(lm, module, filled, output=False).float()
+                    keys, others = subject_and_other_states(lm, module, filled, output=False)
+                    keys = keys.float()
                     k_star = delta.keys[name].T.float()  # (n, d_in): the keys the update inserted
                     C = self.covariance(layer)
-                    neg = None
+                    negs = [others.float()] if cfg.prompt_negatives else []
                     if cfg.negatives:
-                        neg = negative_keys(lm, module, C, k_star, cfg.negatives, cfg.negative_tokens,
-                                            self.base.config.stats.corpus, cfg.seed)
+                        negs.append(negative_keys(lm, module, C, k_star, cfg.negatives, cfg.negative_tokens,
+                                                  self.base.config.stats.corpus, cfg.seed))
+                    neg = torch.cat(negs) if negs else None
                 with sw("rep_train"), torch.enable_grad():
                     fit = train_adaptor(keys, torch.tensor(owners, device=keys.device), whitened_targets(C, k_star),
                                         cfg, neg)
@@ -240,7 +277,7 @@ class _WithREP(Editor):
                 infos[str(layer)] = fit.info
         info = dict(delta.info)
         info["rep"] = infos
-        info.setdefault("timing", {}).update(sw.times)
+        info["timing"] = {**delta.info.get("timing", {}), **sw.times}  # a new dict: the base delta stays as it was
         return Delta(delta.weights, info, keys=delta.keys, adaptors=adaptors)
 
 
