@@ -304,6 +304,7 @@ def reproduce(
     limit: Optional[int] = typer.Option(None, "--limit", help="fewer cases than the experiment's full size (a quick run)"),
     only: Optional[str] = typer.Option(None, "--only", help="comma-separated subset of the experiment's variants"),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="the experiment's data, where it takes other files (rep-table)"),
+    all_cases: bool = typer.Option(False, "--all-cases", help="rep-table: every case, not only those the model knows"),
     model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
@@ -319,7 +320,7 @@ def reproduce(
         raise UserError("--limit must be at least 1")
     variants = [v.strip() for v in only.split(",") if v.strip()] if only else None
     exp.run(out=out, model=model, config=config, sets=set_ or [], seed=seed, device=device, dtype=dtype,
-            limit=limit, only=variants, dataset=dataset)
+            limit=limit, only=variants, dataset=dataset, known_only=not all_cases)
 
 
 def main() -> None:

@@ -295,7 +295,8 @@ def test_reproduce_unknown_name(cli, tmp_path):
     (("--limit", "0"), ("--limit",)),
     (("--config", "x.yaml"), ("--set",)),
     (("--dataset", "rep-valid"), ("--dataset", "counterfact-val")),
-], ids=["unknown-variant", "limit", "config", "dataset"])
+    (("--all-cases",), ("--all-cases", "rep-table")),
+], ids=["unknown-variant", "limit", "config", "dataset", "all-cases"])
 def test_reproduce_sequential_errors_before_loading_the_model(cli, tmp_path, args, fragments):
     assert_user_error(cli("reproduce", "sequential", "--out", tmp_path / "out", *args), *fragments)
     _nothing_written(tmp_path)

@@ -142,3 +142,27 @@ def test_rome_with_rep_edits_trains_its_adaptor_and_undoes_exactly(smollm2, tmp_
     undo_saved(tmp_path / "rep", smollm2)
     assert all(torch.equal(v, smollm2.model.state_dict()[k]) for k, v in state.items())
     assert top1(smollm2, list(case.neighborhood_prompts)) == before
+
+
+def test_gated_rep_opens_only_on_the_subjects_perturbed_keys(smollm2):
+    """With the rep-table's "-gated" options (gate trained shut at the prompts' other tokens), the
+    gate opens on most in-domain subject keys and on almost none of the other tokens, the edit
+    prompt still gives the new target and neighbour prompts mostly keep their answer."""
+    import dataclasses
+
+    from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
+    from robustedit.experiments.rep_table import row_editor
+
+    case = load_cases("rep-valid", limit=1)[0]
+    probes = robustness_probes(case, smollm2.tokenizer, RobustnessConfig())
+    name, sets = row_editor("rome+rep-gated", [])
+    editor, _ = make_editor(name, smollm2, sets=sets)
+    before = top1(smollm2, list(case.neighborhood_prompts))
+    delta = editor.edit([dataclasses.replace(case.request, in_domain=in_domain(probes))])
+    rep = delta.info["rep"][str(editor.config.layer)]
+    assert rep["gate_open_share"] > 0.5 and rep["negative_gate_open_share"] < 0.05, rep
+    target = smollm2.tokenizer(" " + case.request.target_new, add_special_tokens=False)["input_ids"][0]
+    with applied(smollm2, delta):
+        assert top1(smollm2, [case.request.text])[0] == target
+        after = top1(smollm2, list(case.neighborhood_prompts))
+    assert sum(a == b for a, b in zip(before, after)) >= 0.7 * len(before)

@@ -61,9 +61,14 @@ SWEEP_METRICS = ("efficacy_top1", "locality_top1", "rephrase_subject_id", "shuff
                  "rephrase_subject_ood", "shuffle_subject_ood", "long_context_ood")
 
 
-def table_markdown(results: dict[str, dict], dataset: str, model: str) -> str:
+def table_markdown(results: dict[str, dict], dataset: str, model: str, counts: dict | None = None) -> str:
+    counts = counts or {}
+    if counts.get("known_only", True):
+        kept = f"the cases the model knows ({counts.get('known', '?')} of {counts.get('loaded', '?')})"
+    else:
+        kept = f"all cases (--all-cases; the model knows {counts.get('known', '?')} of {counts.get('loaded', '?')})"
     lines = [f"# REP table on {model}: {dataset}", "",
-             "Top-1 success in % (REP paper Table 1); each edit alone on the unedited model, cases the model knows.", "",
+             f"Top-1 success in % (REP paper Table 1); each edit alone on the unedited model; {kept}.", "",
              "| editor | cases | " + " | ".join(c for c, _ in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
     for row, summary in results.items():
@@ -140,17 +145,22 @@ def plot_tau_sweep(result: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _known(lm, dataset: str, limit: int | None) -> tuple[list, dict]:
+def _known(lm, dataset: str, limit: int | None, known_only: bool = True) -> tuple[list, dict]:
     cases = load_cases(dataset)
     kept = known_cases(lm, cases)
+    if not known_only:
+        log.info("%s: the model knows %d of %d cases; --all-cases keeps them all", dataset, len(kept), len(cases))
+        return (cases[:limit] if limit else cases), {"loaded": len(cases), "known": len(kept), "known_only": False}
     if not kept:
-        raise UserError(f"the model knows none of the {len(cases)} cases of {dataset}")
+        raise UserError(f"the model knows none of the {len(cases)} cases of {dataset}; "
+                        "--all-cases evaluates the edits on every case")
     log.info("%s: the model knows %d of %d cases", dataset, len(kept), len(cases))
     return (kept[:limit] if limit else kept), {"loaded": len(cases), "known": len(kept)}
 
 
 def run(*, out: Path | None, model: str, config: str | None, sets: list[str], seed: int, device: str, dtype: str,
-        limit: int | None = None, only: list[str] | None = None, dataset: str | None = None) -> dict:
+        limit: int | None = None, only: list[str] | None = None, dataset: str | None = None,
+        known_only: bool = True) -> dict:
     from robustedit.cli import _setup
     from robustedit.session import make_editor
 
@@ -170,7 +180,7 @@ def run(*, out: Path | None, model: str, config: str | None, sets: list[str], se
     results: dict[str, dict] = {}
     table_rows = [r for r in rows if r in ROWS]
     if table_rows:
-        cases, counts = _known(lm, dataset, limit)
+        cases, counts = _known(lm, dataset, limit, known_only)
         for row in table_rows:
             folder = out / row
             if (folder / "summary.json").exists():
@@ -180,15 +190,15 @@ def run(*, out: Path | None, model: str, config: str | None, sets: list[str], se
             name, row_sets = row_editor(row, sets)
             editor, cfg = make_editor(name, lm, sets=row_sets)
             info = RunInfo(name, lm.name, dataset, cfg, seed=seed, command=command,
-                           extra={"filter": {"known_only": True, **counts}, "robustness": dataclasses.asdict(rob)})
+                           extra={"filter": {"known_only": known_only, **counts}, "robustness": dataclasses.asdict(rob)})
             results[row] = run_evaluation(editor, cases, folder, info, robustness=rob)
         (out / "rep_table.json").write_text(json.dumps(
             {"dataset": dataset, "model": lm.name, "command": command,
              "rows": {r: {"n_cases": s["n_cases"], "metrics": s["metrics"]} for r, s in results.items()}}, indent=2) + "\n")
-        (out / "rep_table.md").write_text(table_markdown(results, dataset, lm.name))
+        (out / "rep_table.md").write_text(table_markdown(results, dataset, lm.name, counts))
         log.info("wrote %s/rep_table.md and rep_table.json", out)
     if "tau-sweep" in rows:
-        cases, counts = _known(lm, SWEEP_DATASET, limit)
+        cases, counts = _known(lm, SWEEP_DATASET, limit, known_only)
         name, row_sets = row_editor(SWEEP_ROW, sets)
         editor, cfg = make_editor(name, lm, sets=row_sets)
         sweep = tau_sweep(editor, cases, rob)

@@ -49,8 +49,12 @@ VARIANTS = (
 
 
 def run(*, out: Path | None, model: str, config: str | None, sets: list[str], seed: int, device: str, dtype: str,
-        limit: int | None = None, only: list[str] | None = None, dataset: str | None = None) -> dict:
+        limit: int | None = None, only: list[str] | None = None, dataset: str | None = None,
+        known_only: bool = True) -> dict:
     from robustedit.cli import _setup  # the CLI's model setup: seeds, dtype, device
+
+    if not known_only:
+        raise UserError("--all-cases is for rep-table; reproduce sequential edits every case it is given")
     from robustedit.session import make_editor
 
     if dataset is not None:
