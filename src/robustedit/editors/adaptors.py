@@ -8,8 +8,10 @@ gated low-rank branch on the keys k (the down-projection's input, at every token
 
 with m = gate(k) in training and m = 1[gate(k) ≥ τ] at test time, so that a key whose gate stays
 under τ passes through bit-identical. With ``preserve_norm`` (beyond the paper) k + m·proj(k) is
-rescaled to ‖k‖ where the gate is open: the branch may turn a key but not enlarge it. An edit that carries adaptors (``Delta.adaptors``) installs
-them with a forward pre-hook on their module; several adaptors on one module *add* their branches,
+rescaled to ‖k‖ where the gate is open: the branch may turn a key but not enlarge it.
+
+An edit that carries adaptors (``Delta.adaptors``) installs them with a forward pre-hook on their
+module; several adaptors on one module *add* their branches,
 each computed from the unadapted key: k̂ = k + Σᵢ mᵢ(k) projᵢ(k) (each was trained on unadapted
 keys, so none should see another's output). Removing one leaves the others as they were.
 """

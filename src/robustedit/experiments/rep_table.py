@@ -45,13 +45,6 @@ ROWS = ("rome", "rome+rep", "rome+rep-gated", "memit", "memit+rep", "memit+rep-g
 # learning rate that opens the gate, the gate trained shut at the prompts' other tokens, the
 # signed similarity, and adapted keys kept at their norm.
 GATED_SETS = ("rep.lr=5e-3", "rep.prompt_negatives=true", "rep.absolute=false", "rep.preserve_norm=true")
-
-
-def row_editor(row: str, sets: list[str]) -> tuple[str, list[str]]:
-    """The registered editor of a table row and its ``--set`` overrides (the user's come last)."""
-    if row.endswith("-gated"):
-        return row.removesuffix("-gated"), [*GATED_SETS, *sets]
-    return row, [s for s in sets if not s.startswith("rep.") or "+rep" in row]
 TAUS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
 COLUMNS = (("Success", "efficacy_top1"), ("Locality", "locality_top1"),
            ("ID Rephrase", "rephrase_subject_id"), ("ID Shuffle", "shuffle_subject_id"), ("ID Long", "long_context_id"),
@@ -59,6 +52,13 @@ COLUMNS = (("Success", "efficacy_top1"), ("Locality", "locality_top1"),
            ("OOD Long", "long_context_ood"))
 SWEEP_METRICS = ("efficacy_top1", "locality_top1", "rephrase_subject_id", "shuffle_subject_id", "long_context_id",
                  "rephrase_subject_ood", "shuffle_subject_ood", "long_context_ood")
+
+
+def row_editor(row: str, sets: list[str]) -> tuple[str, list[str]]:
+    """The registered editor of a table row and its ``--set`` overrides (the user's come last)."""
+    if row.endswith("-gated"):
+        return row.removesuffix("-gated"), [*GATED_SETS, *sets]
+    return row, [s for s in sets if not s.startswith("rep.") or "+rep" in row]
 
 
 def table_markdown(results: dict[str, dict], dataset: str, model: str, counts: dict | None = None) -> str:

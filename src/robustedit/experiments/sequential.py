@@ -52,10 +52,10 @@ def run(*, out: Path | None, model: str, config: str | None, sets: list[str], se
         limit: int | None = None, only: list[str] | None = None, dataset: str | None = None,
         known_only: bool = True) -> dict:
     from robustedit.cli import _setup  # the CLI's model setup: seeds, dtype, device
+    from robustedit.session import make_editor
 
     if not known_only:
         raise UserError("--all-cases is for rep-table; reproduce sequential edits every case it is given")
-    from robustedit.session import make_editor
 
     if dataset is not None:
         raise UserError(f"reproduce sequential always edits {DATASET}; --dataset does not apply")
