@@ -27,20 +27,21 @@ def at_subjects(lm: LanguageModel, module: torch.nn.Module, filled: list[tuple[s
     ``(template, subject)`` pair, ``(N, width)``, in padded batches of up to ``batch_size`` prompts
     (of any subjects: one call serves a whole batch of requests). The forward pass stops at
     ``module``: nothing above it can change the result."""
-    return subject_and_other_states(lm, module, filled, output=output, batch_size=batch_size)[0]
+    return subject_and_other_states(lm, module, filled, output=output, batch_size=batch_size, others=False)[0]
 
 
 @torch.no_grad()
 def subject_and_other_states(lm: LanguageModel, module: torch.nn.Module, filled: list[tuple[str, str]], *,
-                             output: bool, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+                             output: bool, batch_size: int = 64, others: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """As ``at_subjects``, and also the states at every *other* real (non-padding) token of the
-    prompts, ``(M, width)``: the tokens an adaptor on ``module`` sees besides the subject's last."""
+    prompts, ``(M, width)``: the tokens an adaptor on ``module`` sees besides the subject's last
+    (empty with ``others=False``, which skips gathering them)."""
     rows, last = [], []
     for template, subject in filled:
         r, i = subject_prompts(lm.tokenizer, [template], subject)
         rows += r
         last += i
-    at, others = [], []
+    at, rest = [], []
     for start in range(0, len(rows), batch_size):
         chunk, idx = rows[start : start + batch_size], last[start : start + batch_size]
         batch = pad(chunk, pad_id(lm.tokenizer), lm.device)
@@ -48,10 +49,11 @@ def subject_and_other_states(lm: LanguageModel, module: torch.nn.Module, filled:
                       attention_mask=batch.attention_mask, use_cache=False)  # (B, T, width)
         rows_idx = torch.arange(len(chunk))
         at.append(h[rows_idx, torch.tensor(idx)])
-        other = batch.attention_mask.bool().clone()
-        other[rows_idx, torch.tensor(idx)] = False
-        others.append(h[other.to(h.device)])
-    return torch.cat(at), torch.cat(others)
+        if others:
+            other = batch.attention_mask.bool().clone()
+            other[rows_idx, torch.tensor(idx)] = False
+            rest.append(h[other.to(h.device)])
+    return torch.cat(at), (torch.cat(rest) if rest else h.new_zeros((0, h.shape[-1])))
 
 
 def subject_keys(lm: LanguageModel, layer: int, templates: list[str], subject: str) -> torch.Tensor:

@@ -261,7 +261,8 @@ class _WithREP(Editor):
                         prompts = training_prompts(request, contexts, cfg, lm.tokenizer)
                         filled += [(p.template, p.subject) for p in prompts]
                         owners += [i] * len(prompts)
-                    keys, others = subject_and_other_states(lm, module, filled, output=False)
+                    keys, others = subject_and_other_states(lm, module, filled, output=False,
+                                                            others=cfg.prompt_negatives)
                     keys = keys.float()
                     k_star = delta.keys[name].T.float()  # (n, d_in): the keys the update inserted
                     C = self.covariance(layer)
