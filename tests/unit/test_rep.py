@@ -166,6 +166,32 @@ def test_rep_editor_returns_the_base_delta_plus_trained_adaptors_and_saves_loads
     del backup
 
 
+MEMIT_CONFIG = {"layers": [0, 1], "stats": STATS, "mom2_update_weight": 10.0,
+                "context_template_length_params": [[3, 3]], "v_num_grad_steps": 5}
+
+
+def test_memit_rep_adapts_only_the_last_layer_when_asked(tiny_lm_factory):
+    lm = tiny_lm_factory("llama")
+    ed = build_editor("memit+rep", lm, {**MEMIT_CONFIG, "rep": {"steps": 3, "adapt_layers": "last"}})
+    delta = ed.edit([REQUEST])
+    assert list(delta.adaptors) == [lm.down_proj_weight_name(1).removesuffix(".weight")]
+    assert list(delta.info["rep"]) == ["1"] and set(delta.weights) == {lm.down_proj_weight_name(i) for i in (0, 1)}
+
+
+def test_chained_memit_rep_trains_upper_layers_on_the_keys_the_lower_adaptors_make(tiny_lm_factory):
+    lm = tiny_lm_factory("llama")
+    rep = {"steps": 20, "lr": 1e-2, "tau": 0.5}
+    ed = build_editor("memit+rep", lm, {**MEMIT_CONFIG, "rep": rep})
+    base = ed.base.edit([REQUEST])
+    plain = ed.adapt(base, [REQUEST])
+    chained = build_editor("memit+rep", lm, {**MEMIT_CONFIG, "rep": {**rep, "chain": True}}).adapt(base, [REQUEST])
+    first = lm.down_proj_weight_name(0).removesuffix(".weight")
+    assert plain.adaptors[first].tag() == chained.adaptors[first].tag()  # nothing below layer 0
+    assert plain.info["rep"]["0"]["gate_open_share"] > 0  # an open gate at layer 0 moves layer 1's keys
+    assert plain.info["rep"]["1"]["similarity_before"] != chained.info["rep"]["1"]["similarity_before"]
+    assert all(not AdaptorStack.installed(lm.down_proj(i)) for i in (0, 1))  # nothing left installed
+
+
 def test_adapt_reuses_one_base_edit_without_changing_it(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     ed = build_editor("rome+rep", lm, {**ROME_CONFIG, "rep": {"steps": 3}})
@@ -207,6 +233,6 @@ def test_rep_without_in_domain_probes_generates_its_own(tiny_lm_factory):
 
 
 def test_rep_config_errors():
-    for bad in ({"tau": 1.0}, {"rank": 0}, {"negatives": -1}):
+    for bad in ({"tau": 1.0}, {"rank": 0}, {"negatives": -1}, {"adapt_layers": "first"}):
         with pytest.raises(UserError):
             REPConfig(**bad)

@@ -53,12 +53,17 @@ The target never enters: the in-domain probes contribute only keys, as the paper
 - *Several edits.* One adaptor per edited module per ``edit`` call, trained on the keys of all the
   call's requests, each pulled toward its own k*. Across calls (sequential editing) adaptors add
   their branches, each on the unadapted key (``adaptors.AdaptorStack``).
-- *MEMIT.* An adaptor on every edited layer, each with that layer's C and keys; the keys k_s are
-  read on the model carrying the MEMIT update (a layer's keys depend on the layers below).
+- *MEMIT.* The paper does not apply REP to MEMIT. Default: an adaptor on every edited layer
+  (``adapt_layers="all"``), each with that layer's C and keys, read on the model carrying the MEMIT
+  update (a layer's keys depend on the layers below). ``adapt_layers="last"`` adapts only the last
+  edited layer, where MEMIT optimised its values. ``chain=True`` trains the layers bottom-up with
+  the adaptors already trained installed, so each is trained on the keys it will see at test time
+  (an open gate below moves every key above it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -67,7 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from robustedit.data import Case
-from robustedit.editors.adaptors import KeyAdaptor
+from robustedit.editors.adaptors import KeyAdaptor, install, uninstall
 from robustedit.editors.base import Delta, Editor, Stopwatch, applied, register_editor
 from robustedit.editors.keys import corpus_keys, subject_and_other_states
 from robustedit.editors.memit import MEMIT, MEMITConfig
@@ -100,6 +105,10 @@ class REPConfig:
         "help": "beyond the paper: rescale an adapted key to its original norm (the loss sees only directions)"})
     unit_goal: bool = field(default=True, metadata={
         "help": "divide each C⁻¹k* by its norm in the loss (same Adam steps for one edit; comparable to the negatives' loss)"})
+    adapt_layers: str = field(default="all", metadata={
+        "help": "MEMIT: adapt every edited layer (all) or only the last one (last); ROME has one layer"})
+    chain: bool = field(default=False, metadata={
+        "help": "MEMIT: train layers bottom-up, reading keys with the lower layers' adaptors installed"})
     seed: int = field(default=0, metadata={"help": "seed of the adaptor's initialisation and dropout"})
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig, metadata={
         "help": "how probes are generated for a request that carries no in-domain probes"})
@@ -111,6 +120,8 @@ class REPConfig:
             raise UserError("rep needs rank >= 1, steps >= 0, lr > 0 and 0 < gate_hidden_fraction <= 1")
         if self.negatives < 0 or self.negative_weight < 0:
             raise UserError("rep.negatives and rep.negative_weight must be >= 0")
+        if self.adapt_layers not in ("all", "last"):
+            raise UserError(f"rep.adapt_layers must be 'all' or 'last', got {self.adapt_layers!r}")
 
 
 @dataclass
@@ -251,8 +262,9 @@ class _WithREP(Editor):
         cfg, lm, sw = self.config.rep, self.lm, Stopwatch()
         contexts = self.base.context_templates()
         adaptors, infos = {}, {}
-        with applied(lm, delta):  # MEMIT: a layer's keys move with the layers below
-            for layer in self.layers():
+        layers = self.layers() if cfg.adapt_layers == "all" else self.layers()[-1:]
+        with applied(lm, delta), contextlib.ExitStack() as trained:  # MEMIT: keys move with the layers below
+            for layer in layers:
                 name = lm.down_proj_weight_name(layer)
                 module = lm.down_proj(layer)
                 with sw("rep_keys"):
@@ -276,6 +288,9 @@ class _WithREP(Editor):
                                         cfg, neg)
                 adaptors[name.removesuffix(".weight")] = fit.adaptor
                 infos[str(layer)] = fit.info
+                if cfg.chain:
+                    install(module, fit.adaptor)
+                    trained.callback(uninstall, module, fit.adaptor)
         info = dict(delta.info)
         info["rep"] = infos
         info["timing"] = {**delta.info.get("timing", {}), **sw.times}  # a new dict: the base delta stays as it was
