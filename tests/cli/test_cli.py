@@ -119,7 +119,10 @@ def test_edit_refuses_an_existing_save_folder_and_leaves_it_alone(cli, tmp_path,
     ("--set", "nosuchkey=1"),
     ("--set", "layer=abc"),
     ("--config", "missing.yaml"),
-], ids=["unknown-editor", "unknown-addon", "unknown-key", "wrong-type", "missing-config"])
+    ("--editor", "ft-l+sss", "--set", "sss.coefficient=2"),
+    ("--editor", "ft-l+sss", "--set", "sss.wrt=logits"),
+], ids=["unknown-editor", "unknown-addon", "unknown-key", "wrong-type", "missing-config", "sss-c-out-of-range",
+        "sss-wrt-unknown"])
 def test_edit_checks_editor_and_config_before_loading_the_model(cli, save_dir, extra):
     assert_user_error(cli(*_edit(*extra, "--save", save_dir)))
     assert not save_dir.exists()
