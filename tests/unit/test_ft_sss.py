@@ -114,3 +114,15 @@ def test_the_embeddings_path_is_the_models_own_forward(tiny_lm):
         out = tiny_lm.model(input_ids=tf.batch.input_ids, attention_mask=tf.batch.attention_mask, use_cache=False)
         reference = per_example_nll(out.logits, tf).mean()
     assert torch.allclose(J, reference, atol=1e-5), (float(J), float(reference))
+
+
+def test_sss_runs_with_the_fused_attention_real_models_load_with(tokenizer):
+    """Real checkpoints load with SDPA attention, whose fused CPU kernel has no double backward."""
+    lm = tiny_model("llama", tokenizer)
+    lm.model.config._attn_implementation = "sdpa"
+    weight = lm.down_proj(1).weight
+    weight.requires_grad_(True)
+    with torch.enable_grad():
+        J, lam = edit_loss_and_sss(lm, teacher_forced(lm, PROMPTS, TARGETS), SSSConfig())
+        combined_loss(J, lam, SSSConfig()).backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0

@@ -26,10 +26,12 @@ again (``create_graph=True``), so its gradient reaches the trained parameters.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from robustedit.errors import UserError
 from robustedit.models.load import LanguageModel
@@ -107,8 +109,11 @@ def edit_loss_and_sss(lm: LanguageModel, tf: TeacherForced, cfg: SSSConfig | Non
     x = embed(tf.batch.input_ids)
     if cfg is not None and cfg.wrt == "embeddings":
         x = x.detach().requires_grad_(True)  # the embedding table is not trained; x is the leaf
-    out = lm.model(inputs_embeds=x, attention_mask=tf.batch.attention_mask,
-                   output_hidden_states=cfg is not None and cfg.wrt == "last_hidden", use_cache=False)
+    # The fused CPU attention kernels have no double backward; the math kernel computes the same.
+    kernels = sdpa_kernel(SDPBackend.MATH) if cfg is not None else contextlib.nullcontext()
+    with kernels:
+        out = lm.model(inputs_embeds=x, attention_mask=tf.batch.attention_mask,
+                       output_hidden_states=cfg is not None and cfg.wrt == "last_hidden", use_cache=False)
     nll = per_example_nll(out.logits, tf)
     J = nll.mean()
     if cfg is None:
