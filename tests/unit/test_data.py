@@ -39,13 +39,14 @@ def write_json(tmp_path, data, name="cases.json"):
 # --- bundled files ------------------------------------------------------------------------------
 
 def test_bundled_names():
-    assert dataset_names() == ["counterfact", "counterfact-val", "rep-valid", "zsre-rephrase"]
+    assert dataset_names() == ["counterfact", "counterfact-val", "rep-valid", "zsre-rephrase", "zsre-train"]
     assert [c.case_id for c in load_cases("rep_valid", limit=3)] == [c.case_id for c in load_cases("rep-valid", limit=3)]
 
 
 @pytest.mark.parametrize("name, source, count", [
     ("counterfact", "counterfact", 925), ("rep-valid", "robustness", 100), ("zsre-rephrase", "robustness", 340),
     ("counterfact-val", "easyedit", 1801),
+    ("zsre-train", "zsre-mend", 998),  # two records have an empty new target (skipped, logged)
 ])
 def test_bundled_format_detected(name, source, count):
     cases = load_cases(name)

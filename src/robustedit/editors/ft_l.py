@@ -84,10 +84,10 @@ class FTL(Editor):
                     pass_losses = []
                     for tf in tfs:
                         J, lam = edit_loss_and_sss(lm, tf, sss)
-                        pass_losses.append(float(J))
+                        pass_losses.append(float(J.detach()))
                         if lam is not None:
-                            sss_values.append(float(lam))
-                        if float(J) >= cfg.early_stop_loss:
+                            sss_values.append(float(lam.detach()))
+                        if pass_losses[-1] >= cfg.early_stop_loss:
                             opt.zero_grad()
                             combined_loss(J, lam, sss).backward()
                             opt.step()
