@@ -166,3 +166,20 @@ def test_gated_rep_opens_only_on_the_subjects_perturbed_keys(smollm2):
         assert top1(smollm2, [case.request.text])[0] == target
         after = top1(smollm2, list(case.neighborhood_prompts))
     assert sum(a == b for a, b in zip(before, after)) >= 0.7 * len(before)
+
+
+def test_ft_l_edit_changes_prediction_and_spares_neighbours(smollm2):
+    case = load_cases("counterfact", limit=1)[0]  # Danielle Darrieux: French -> English
+    editor, cfg = make_editor("ft-l", smollm2)  # the shipped SmolLM2 settings (layer 2, clamp 5e-3)
+    assert list(cfg["layers"]) == [2] and cfg["norm_constraint"] == 5e-3
+    state = {k: v.clone() for k, v in smollm2.model.state_dict().items()}
+    before = top1(smollm2, list(case.neighborhood_prompts))
+    delta = editor.edit([case.request])
+    target = smollm2.tokenizer(" " + case.request.target_new, add_special_tokens=False)["input_ids"][0]
+    assert top1(smollm2, [case.request.text])[0] != target
+    with applied(smollm2, delta):
+        assert top1(smollm2, [case.request.text])[0] == target
+        after = top1(smollm2, list(case.neighborhood_prompts))
+    kept = sum(a == b for a, b in zip(before, after))
+    assert kept >= 7, f"only {kept}/10 neighbour prompts kept their prediction"
+    assert all(torch.equal(v, smollm2.model.state_dict()[k]) for k, v in state.items())
