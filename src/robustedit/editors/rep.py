@@ -262,7 +262,8 @@ class _WithREP(Editor):
         cfg, lm, sw = self.config.rep, self.lm, Stopwatch()
         contexts = self.base.context_templates()
         adaptors, infos = {}, {}
-        layers = self.layers() if cfg.adapt_layers == "all" else self.layers()[-1:]
+        layers = sorted(self.layers())  # bottom-up, so that `chain` sees the lower adaptors at work
+        layers = layers if cfg.adapt_layers == "all" else layers[-1:]
         with applied(lm, delta), contextlib.ExitStack() as trained:  # MEMIT: keys move with the layers below
             for layer in layers:
                 name = lm.down_proj_weight_name(layer)
