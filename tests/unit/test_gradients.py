@@ -9,6 +9,7 @@ import torch
 
 from robustedit.editors.gradients import (
     GradientTransform,
+    MENDNet,
     RunningNorm,
     factor_update,
     gradient_factors,
@@ -72,3 +73,24 @@ def test_running_norm_accumulates_in_training_and_freezes_in_eval():
     assert torch.equal(norm.count, before)
     with pytest.raises(RuntimeError, match="two vectors"):
         RunningNorm(5).eval()(torch.randn(2, 5))
+
+
+def test_an_untrained_mend_net_without_standardisation_is_one_gradient_step(tiny_lm_factory):
+    lm = tiny_lm_factory("llama")
+    modules = {lm.down_proj_weight_name(i).removesuffix(".weight"): lm.down_proj(i) for i in (1, 2)}
+    shapes = {n: (m.weight.shape[1], m.weight.shape[0]) for n, m in modules.items()}
+    net = MENDNet(shapes, rank=8, init_lr=0.1, normalize=False)
+    for m in modules.values():
+        m.weight.requires_grad_(True)
+    try:
+        tf = teacher_forced(lm, ["The capital of France is"], ["Rome"])
+        with torch.enable_grad(), gradient_factors(modules) as found:
+            edit_loss_and_sss(lm, tf, None)[0].backward()
+        updates = net.updates(found)
+        for name, module in modules.items():
+            assert torch.allclose(updates[name], -0.1 * module.weight.grad, atol=1e-7, rtol=1e-4)
+        assert updates[next(iter(modules))].requires_grad  # α is trained through the update
+    finally:
+        for m in modules.values():
+            m.weight.requires_grad_(False)
+            m.weight.grad = None

@@ -127,3 +127,35 @@ class GradientTransform(nn.Module):
         if self.normalize:
             u, delta = self.u_norm(u), self.delta_norm(delta)
         return self.u_net(u), self.delta_net(delta)
+
+
+class MENDNet(nn.Module):
+    """MEND's editor network: one :class:`GradientTransform` per edited weight and a learned step
+    α per weight (initialised to ``init_lr``, as the reference's ``edit_lrs``).
+
+    ``shapes`` maps each edited weight's name to (d_in, d_out). The update is
+    ΔW = −α Σ_t δ̃_t ũ_tᵀ: with transforms still at the identity and no standardisation this is one
+    gradient-descent step of size α (the reference adds +α·(…) and lets training find the sign; we
+    start from the descent direction).
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], rank: int = 1920, n_hidden: int = 1,
+                 init_lr: float = 1e-4, normalize: bool = True) -> None:
+        super().__init__()
+        self.names = list(shapes)
+        # ModuleDict keys may not contain "."; weight names do.
+        self.transforms = nn.ModuleDict({
+            _key(n): GradientTransform(d_in, d_out, rank, n_hidden, normalize) for n, (d_in, d_out) in shapes.items()})
+        self.lrs = nn.Parameter(torch.full((len(self.names),), float(init_lr)))
+
+    def updates(self, factors: dict[str, Factors], weight_is_in_out: bool = False) -> dict[str, torch.Tensor]:
+        """ΔW by weight name from each weight's recorded :class:`Factors`."""
+        out = {}
+        for i, name in enumerate(self.names):
+            u, delta = self.transforms[_key(name)](factors[name].u, factors[name].delta)
+            out[name] = -self.lrs[i] * factor_update(u, delta, weight_is_in_out)
+        return out
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "#")
