@@ -28,20 +28,25 @@ def test_tokenizer_and_weights_converted_right(smollm2):
     assert smollm2.n_layers == 30
 
 
-def test_rome_edit_changes_prediction_and_spares_neighbours(smollm2):
-    case = load_cases("counterfact", limit=1)[0]  # Danielle Darrieux: French -> English
-    editor, _ = make_editor("rome", smollm2)
-    state = {k: v.clone() for k, v in smollm2.model.state_dict().items()}
-    before = top1(smollm2, list(case.neighborhood_prompts))
+def assert_edit_takes_and_spares_neighbours(lm, editor) -> None:
+    """Danielle Darrieux (French → English): the edit makes the new object top-1, at least 7 of
+    the 10 neighbour prompts keep their prediction, and ``edit`` left the weights as they were."""
+    case = load_cases("counterfact", limit=1)[0]
+    state = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    before = top1(lm, list(case.neighborhood_prompts))
     delta = editor.edit([case.request])
-    target = smollm2.tokenizer(" " + case.request.target_new, add_special_tokens=False)["input_ids"][0]
-    assert top1(smollm2, [case.request.text])[0] != target
-    with applied(smollm2, delta):
-        assert top1(smollm2, [case.request.text])[0] == target
-        after = top1(smollm2, list(case.neighborhood_prompts))
+    target = lm.tokenizer(" " + case.request.target_new, add_special_tokens=False)["input_ids"][0]
+    assert top1(lm, [case.request.text])[0] != target
+    with applied(lm, delta):
+        assert top1(lm, [case.request.text])[0] == target
+        after = top1(lm, list(case.neighborhood_prompts))
     kept = sum(a == b for a, b in zip(before, after))
     assert kept >= 7, f"only {kept}/10 neighbour prompts kept their prediction"
-    assert all(torch.equal(v, smollm2.model.state_dict()[k]) for k, v in state.items())
+    assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in state.items())
+
+
+def test_rome_edit_changes_prediction_and_spares_neighbours(smollm2):
+    assert_edit_takes_and_spares_neighbours(smollm2, make_editor("rome", smollm2)[0])
 
 
 def test_edit_of_a_new_fact_from_the_command_line_example(smollm2):
@@ -169,17 +174,6 @@ def test_gated_rep_opens_only_on_the_subjects_perturbed_keys(smollm2):
 
 
 def test_ft_l_edit_changes_prediction_and_spares_neighbours(smollm2):
-    case = load_cases("counterfact", limit=1)[0]  # Danielle Darrieux: French -> English
     editor, cfg = make_editor("ft-l", smollm2)  # the shipped SmolLM2 settings (layer 2, clamp 5e-3)
     assert list(cfg["layers"]) == [2] and cfg["norm_constraint"] == 5e-3
-    state = {k: v.clone() for k, v in smollm2.model.state_dict().items()}
-    before = top1(smollm2, list(case.neighborhood_prompts))
-    delta = editor.edit([case.request])
-    target = smollm2.tokenizer(" " + case.request.target_new, add_special_tokens=False)["input_ids"][0]
-    assert top1(smollm2, [case.request.text])[0] != target
-    with applied(smollm2, delta):
-        assert top1(smollm2, [case.request.text])[0] == target
-        after = top1(smollm2, list(case.neighborhood_prompts))
-    kept = sum(a == b for a, b in zip(before, after))
-    assert kept >= 7, f"only {kept}/10 neighbour prompts kept their prediction"
-    assert all(torch.equal(v, smollm2.model.state_dict()[k]) for k, v in state.items())
+    assert_edit_takes_and_spares_neighbours(smollm2, editor)
