@@ -298,6 +298,29 @@ def analyze(
 
 
 @app.command()
+def train(
+    editor: str = typer.Argument(..., help="editor to train: mend, mend+sss, serac, serac+sss"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for the trained editor (default: where the editor looks for it)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted training in --out (or the default folder)"),
+    model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
+    seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
+) -> None:
+    """Train an editor that learns (MEND's hypernetwork, SERAC's classifier and counterfactual model)."""
+    from robustedit.training.trainers import TRAINERS, train_editor
+
+    TRAINERS.get(editor)
+    _, econfig = _resolve(editor, model, config, set_)
+    lm = _setup(model, dtype, device, seed)
+    t0 = time.perf_counter()
+    folder, meta = train_editor(editor, lm, econfig, out, resume=resume)
+    console.print(f"trained {editor} for {lm.name} in {(time.perf_counter() - t0) / 60:.1f} min; saved to {folder}")
+    for k, v in meta.get("validation", {}).items():
+        console.print(f"  {k}: {v:.3f}")
+    hint = "" if out is None else f" --set checkpoint={folder}"
+    console.print(f"use it with: robustedit evaluate --editor {editor}{hint} --dataset zsre")
+
+
+@app.command()
 def reproduce(
     name: Optional[str] = typer.Argument(None, help="experiment name (omit to list them)"),
     out: Optional[Path] = typer.Option(None, "--out", help="results folder"),

@@ -59,7 +59,7 @@ def _nothing_written(tmp_path: Path, *, allowed: tuple[str, ...] = ()) -> None:
 def test_top_level_help_lists_every_command(cli):
     result = cli("--help")
     assert result.exc is None and result.code == 0, result.describe()
-    for command in ("edit", "evaluate", "stats", "reproduce", "analyze"):
+    for command in ("edit", "evaluate", "stats", "reproduce", "analyze", "train"):
         assert re.search(rf"\b{command}\b", result.out), f"{command!r} missing from --help:\n{result.out}"
 
 
@@ -67,6 +67,7 @@ def test_top_level_help_lists_every_command(cli):
     ("edit", ("--editor", "--prompt", "--subject", "--target", "--save", *COMMON)),
     ("evaluate", ("--editor", "--dataset", "--limit", "--out", "--resume", *COMMON)),
     ("reproduce", ("--out", *COMMON)),
+    ("train", ("--out", "--resume", *COMMON)),
     # `stats` is not in CONTRACT.md; it has no editor, hence no --config / --set.
     ("stats", ("--layers", "--model", "--seed", "--device", "--dtype")),
 ])
@@ -315,6 +316,18 @@ def test_reproduce_rep_table_errors_before_loading_the_model(cli, tmp_path, args
 
 
 @pytest.mark.parametrize("args, fragments", [
+    (("sss-table", "--only", "ft-l,mendd"), ("mendd", "serac+sss")),
+    (("sss-table", "--dataset", "zsre"), ("--dataset", "counterfact")),
+    (("sss-table", "--config", "x.yaml"), ("--set",)),
+    (("sss-c-sweep", "--only", "mend+sss"), ("one training per C",)),
+    (("sss-c-sweep", "--all-cases"), ("--all-cases",)),
+], ids=["unknown-variant", "dataset", "config", "trained-editor", "all-cases"])
+def test_reproduce_sss_errors_before_loading_the_model(cli, tmp_path, args, fragments):
+    assert_user_error(cli("reproduce", *args, "--out", tmp_path / "out"), *fragments)
+    _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("args, fragments", [
     (("histogram",), ("histogram", "similarity")),
     (("pca", "--limit", "0"), ("--limit",)),
     (("prefixes", "--n-tokens", "10"), ("--n-tokens",)),
@@ -322,6 +335,18 @@ def test_reproduce_rep_table_errors_before_loading_the_model(cli, tmp_path, args
 ], ids=["unknown", "limit", "n-tokens", "bad-set"])
 def test_analyze_errors_before_loading_the_model(cli, tmp_path, args, fragments):
     assert_user_error(cli("analyze", *args, "--out", tmp_path / "out"), *fragments)
+    _nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (("rome",), ("trainable editor", "rome", "mend", "serac")),
+    (("mend", "--set", "train.steps=0"), ("train.steps",)),
+    (("mend", "--set", "train.edit_loss_on=everything"), ("edit_loss_on", "rephrase")),
+    (("serac", "--set", "classifier=bert"), ("classifier", "minilm")),
+    (("serac+sss", "--set", "sss.coefficient=2"), ("sss.coefficient",)),
+], ids=["not-trainable", "steps", "edit-loss-on", "classifier", "sss-coefficient"])
+def test_train_errors_before_loading_the_model(cli, tmp_path, args, fragments):
+    assert_user_error(cli("train", *args, "--out", tmp_path / "out"), *fragments)
     _nothing_written(tmp_path)
 
 

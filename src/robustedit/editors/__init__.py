@@ -1,6 +1,6 @@
 """Editors compute deltas; importing this package registers them all."""
 
-from robustedit.editors import ft_l, memit, rep, rome  # noqa: F401  (registers every editor)
+from robustedit.editors import ft_l, memit, mend, rep, rome, serac  # noqa: F401  (registers every editor)
 from robustedit.editors.base import (
            EDITORS,
            Delta,

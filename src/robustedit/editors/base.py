@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Iterator
 import torch
 
 from robustedit.config import from_dict
+from robustedit.editors import memory as edit_memory
 from robustedit.editors.adaptors import KeyAdaptor, install, uninstall
 from robustedit.models.load import LanguageModel
 from robustedit.registry import Registry
@@ -24,8 +25,9 @@ from robustedit.request import EditRequest
 
 @dataclass
 class Delta:
-    """Additive weight changes by parameter name, ``W ← W + weights[name]``, and key adaptors by
-    module name (``editors/adaptors.py``: REP's branch on the keys entering that module)."""
+    """Additive weight changes by parameter name, ``W ← W + weights[name]``, key adaptors by
+    module name (``editors/adaptors.py``: REP's branch on the keys entering that module), and
+    edits kept in a memory outside the weights (``editors/memory.py``: SERAC)."""
 
     weights: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)  # editor, timing, diagnostics
@@ -33,15 +35,18 @@ class Delta:
     # memory only: ``info`` is written to JSON manifests and the saved edit holds ``weights`` alone.
     keys: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     adaptors: dict[str, KeyAdaptor] = field(default_factory=dict, repr=False)
+    memory: list[edit_memory.MemoryEdit] = field(default_factory=list, repr=False)
 
 
 @dataclass
 class Backup:
-    """The original values of the parameters a delta touched, and the adaptors it installed."""
+    """The original values of the parameters a delta touched, and the adaptors and memory
+    entries it installed."""
 
     originals: dict[str, torch.Tensor]
     model: torch.nn.Module
     adaptors: list[tuple[str, KeyAdaptor]] = field(default_factory=list)
+    memory: list[edit_memory.MemoryEdit] = field(default_factory=list)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -51,6 +56,8 @@ class Backup:
         modules = dict(self.model.named_modules())
         for name, adaptor in reversed(self.adaptors):
             uninstall(modules[name], adaptor)
+        for entry in reversed(self.memory):
+            edit_memory.uninstall(self.model, entry)
 
 
 @torch.no_grad()
@@ -67,6 +74,9 @@ def apply_delta(lm: LanguageModel, delta: Delta) -> Backup:
     for name, adaptor in delta.adaptors.items():
         install(modules[name], adaptor)
         backup.adaptors.append((name, adaptor))
+    for entry in delta.memory:
+        edit_memory.install(lm.model, entry)
+        backup.memory.append(entry)
     return backup
 
 

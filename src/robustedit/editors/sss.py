@@ -102,9 +102,19 @@ def per_example_nll(logits: torch.Tensor, tf: TeacherForced) -> torch.Tensor:
     return total / count
 
 
-def edit_loss_and_sss(lm: LanguageModel, tf: TeacherForced, cfg: SSSConfig | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def forward(lm: LanguageModel, weights: dict[str, torch.Tensor] | None = None, **inputs):
+    """The model's forward, with the parameters named in ``weights`` replaced by those tensors
+    (``torch.func.functional_call``: gradients flow into them, e.g. from a hypernetwork's update)."""
+    if weights is None:
+        return lm.model(**inputs)
+    return torch.func.functional_call(lm.model, weights, args=(), kwargs=inputs, strict=False)
+
+
+def edit_loss_and_sss(lm: LanguageModel, tf: TeacherForced, cfg: SSSConfig | None,
+                      weights: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(J, SSS): the mean target NLL over the batch and, if ``cfg``, Eq. 9's λ_max averaged over
-    examples, built with ``create_graph`` so that it can be trained against."""
+    examples, built with ``create_graph`` so that it can be trained against. ``weights`` replaces
+    parameters by name for this forward (:func:`forward`)."""
     embed = lm.model.get_input_embeddings()
     x = embed(tf.batch.input_ids)
     if cfg is not None and cfg.wrt == "embeddings":
@@ -112,8 +122,8 @@ def edit_loss_and_sss(lm: LanguageModel, tf: TeacherForced, cfg: SSSConfig | Non
     # The fused CPU attention kernels have no double backward; the math kernel computes the same.
     kernels = sdpa_kernel(SDPBackend.MATH) if cfg is not None else contextlib.nullcontext()
     with kernels:
-        out = lm.model(inputs_embeds=x, attention_mask=tf.batch.attention_mask,
-                       output_hidden_states=cfg is not None and cfg.wrt == "last_hidden", use_cache=False)
+        out = forward(lm, weights, inputs_embeds=x, attention_mask=tf.batch.attention_mask,
+                      output_hidden_states=cfg is not None and cfg.wrt == "last_hidden", use_cache=False)
     nll = per_example_nll(out.logits, tf)
     J = nll.mean()
     if cfg is None:

@@ -35,10 +35,13 @@ from safetensors.torch import load_file, save_file
 from robustedit import __version__
 from robustedit.editors.adaptors import AdaptorStack, KeyAdaptor, install, uninstall
 from robustedit.editors.base import Backup, Delta, apply_delta
+from robustedit.editors.memory import MemoryEdit
 from robustedit.errors import UserError
 from robustedit.models.load import LanguageModel
 from robustedit.request import EditRequest
 
+MEMORY_NOT_SAVED = ("edits kept in an edit memory (SERAC) cannot be saved as a delta yet; "
+                    "the trained editor and the requests reproduce them (use --no-save-edits)")
 FORMAT = 3  # 1: one edit, delta + original; 2: steps + edited.safetensors; 3: + key adaptors
 
 
@@ -66,6 +69,7 @@ class EditSequence:
         self.lm = lm
         self.originals: dict[str, torch.Tensor] = {}  # name → value before the first step touched it
         self.adaptors: list[tuple[str, KeyAdaptor]] = []  # (module name, adaptor) in the order installed
+        self.memory: list[MemoryEdit] = []  # edits kept outside the weights (SERAC)
         self.steps: list[dict[str, Any]] = []
 
     def apply(self, delta: Delta, requests: list[EditRequest], case_ids: list[str] | None = None) -> None:
@@ -74,18 +78,21 @@ class EditSequence:
         for name, value in backup.originals.items():
             self.originals.setdefault(name, value)
         self.adaptors += backup.adaptors
+        self.memory += backup.memory
         self.steps.append(step)
 
     def undo(self) -> None:
         """Put every touched parameter back as it was before the first step, remove every adaptor
         the steps installed; forget the steps."""
-        Backup(self.originals, self.lm.model, self.adaptors).restore()
-        self.originals, self.adaptors, self.steps = {}, [], []
+        Backup(self.originals, self.lm.model, self.adaptors, self.memory).restore()
+        self.originals, self.adaptors, self.memory, self.steps = {}, [], [], []
 
     def save(self, out_dir: Path, editor_name: str | None, config: dict) -> Path:
         """Write the sequence to ``out_dir`` (which must not exist); the model is left as it is."""
         if not self.steps:
             raise UserError("no edits to save: the sequence is empty")
+        if self.memory:
+            raise UserError(MEMORY_NOT_SAVED)
         params = dict(self.lm.model.named_parameters())
         edited = {n: params[n].detach() for n in self.originals}
         return _write(Path(out_dir), self.lm, self.originals, edited, self.steps, editor_name, config, self.adaptors)
@@ -94,6 +101,8 @@ class EditSequence:
 def save_edit(out_dir: Path, lm: LanguageModel, delta: Delta, requests: list[EditRequest], config: dict,
               case_ids: list[str] | None = None) -> Path:
     """Write one edit (``lm`` as it was before ``delta``, which editors leave it) to ``out_dir``."""
+    if delta.memory:
+        raise UserError(MEMORY_NOT_SAVED)
     params = dict(lm.model.named_parameters())
     missing = [n for n in delta.weights if n not in params]
     if missing:

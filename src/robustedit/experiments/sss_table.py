@@ -1,0 +1,185 @@
+"""``robustedit reproduce sss-table`` and ``reproduce sss-c-sweep``: the SSS paper's Table 1 and
+Figure 3 on the embedded model.
+
+**sss-table.** Rows FT-L, MEND, SERAC, each without and with SSS (``--only`` for a subset); on
+zsRE (``zsre``, the 340 REP-paper cases) and CounterFact (``counterfact``), each edit made alone
+on the unedited model, every case (the paper does not filter by what the model knows), the first
+``TABLE_CASES`` of each file unless ``--limit``. Columns in the paper's terms, as EasyEdit scores
+them: Reliability (``efficacy_acc``), Generality (``paraphrase_acc``), Locality (``locality_acc``),
+teacher-forced token accuracy. MEND and SERAC are trained on zsRE (``robustedit train ...``), so
+their CounterFact columns are out of domain, as in the paper. A trained editor that is missing is
+a one-line error naming its train command, before anything runs.
+
+**sss-c-sweep.** FT-L + SSS with C ∈ ``C_VALUES`` (C = 0 is plain FT-L) on zsRE, the same three
+metrics against C, as the paper's Figure 3. Trained editors would need one training per C; they
+are not swept here (train them with ``--set sss.coefficient=C --out DIR`` and evaluate each).
+Both write JSON, a Markdown table and a PNG, and reuse finished rows when rerun in the same --out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from robustedit.data import load_cases
+from robustedit.errors import UserError
+from robustedit.eval.runner import RunInfo, run_evaluation
+from robustedit.experiments import EXPERIMENTS, Experiment
+
+log = logging.getLogger(__name__)
+ROWS = ("ft-l", "ft-l+sss", "mend", "mend+sss", "serac", "serac+sss")
+TRAINED = ("mend", "mend+sss", "serac", "serac+sss")
+DATASETS = ("zsre", "counterfact")
+TABLE_CASES = 100
+C_VALUES = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+SWEEP_CASES = 20
+COLUMNS = (("Reliability", "efficacy_acc"), ("Generality", "paraphrase_acc"), ("Locality", "locality_acc"))
+
+
+def _evaluate(lm, name: str, sets: list[str], dataset: str, cases, folder: Path, command: str, seed: int) -> dict:
+    from robustedit.session import make_editor
+
+    if (folder / "summary.json").exists():
+        return json.loads((folder / "summary.json").read_text())
+    (folder / "records.jsonl").unlink(missing_ok=True)  # a row cut short starts over
+    editor, cfg = make_editor(name, lm, sets=sets)
+    info = RunInfo(name, lm.name, dataset, cfg, seed=seed, command=command)
+    return run_evaluation(editor, cases, folder, info, robustness=None)
+
+
+def _check_trained(lm, rows: list[str], sets: list[str]) -> None:
+    """Every trained row must find its trained editor before hours of FT-L start."""
+    from robustedit.session import make_editor
+
+    for row in (r for r in rows if r in TRAINED):
+        make_editor(row, lm, sets=[s for s in sets if s.startswith(("checkpoint=", "threshold="))])
+
+
+def table_markdown(results: dict, model: str, sizes: dict[str, int]) -> str:
+    head = " | ".join(f"{d} {c}" for d in DATASETS if d in sizes for c, _ in COLUMNS)
+    lines = [f"# SSS table on {model}", "",
+             "Token accuracy in % (SSS paper Table 1, EasyEdit's scoring); each edit alone on the unedited model; "
+             + ", ".join(f"{d}: first {n} cases" for d, n in sizes.items())
+             + ". MEND and SERAC are trained on zsRE: CounterFact is out of domain for them.", "",
+             f"| editor | {head} | edit s (median) |", "|---|" + "---|" * (len(sizes) * len(COLUMNS) + 1)]
+    for row, per_dataset in results.items():
+        cells = [f"{100 * per_dataset[d]['metrics'][k]:.1f}" if k in per_dataset.get(d, {}).get("metrics", {}) else "–"
+                 for d in DATASETS if d in sizes for _, k in COLUMNS]
+        times = [per_dataset[d]["timing"].get("edit_s_median") for d in sizes if d in per_dataset]
+        t = f"{times[0]:.2f}" if times and times[0] is not None else "–"
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {t} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_table(results: dict, sizes: dict[str, int], path: Path) -> Path:
+    from robustedit.analysis.key_plots import _figure, _save
+
+    fig, ax = _figure(8, 4)
+    labels = [f"{d}\n{c}" for d in sizes for c, _ in COLUMNS]
+    width = 0.8 / max(1, len(results))
+    for i, (row, per_dataset) in enumerate(results.items()):
+        ys = [100 * per_dataset.get(d, {}).get("metrics", {}).get(k, float("nan")) for d in sizes for _, k in COLUMNS]
+        ax.bar([x + i * width for x in range(len(labels))], ys, width, label=row)
+    ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(labels))], labels, fontsize=7)
+    ax.set_ylabel("token accuracy (%)")
+    ax.legend(fontsize=7, ncol=3)
+    return _save(fig, path)
+
+
+def run_table(*, out: Path | None, model: str, config: str | None, sets: list[str], seed: int, device: str,
+              dtype: str, limit: int | None = None, only: list[str] | None = None, dataset: str | None = None,
+              known_only: bool = True) -> dict:
+    from robustedit.cli import _setup
+
+    _reject(config, dataset, known_only, "sss-table")
+    rows = list(only or ROWS)
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    out = Path(out or "runs/reproduce-sss-table")
+    lm = _setup(model, dtype, device, seed)
+    _check_trained(lm, rows, sets)
+    command = "robustedit " + shlex.join(sys.argv[1:])
+    n = limit or TABLE_CASES
+    data = {d: load_cases(d, limit=n) for d in DATASETS}
+    sizes = {d: len(c) for d, c in data.items()}
+    results: dict[str, dict] = {}
+    for row in rows:
+        results[row] = {d: _evaluate(lm, row, sets, d, cases, out / row / d, command, seed) for d, cases in data.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sss_table.json").write_text(json.dumps(
+        {"model": lm.name, "command": command, "cases": sizes,
+         "rows": {r: {d: {"n_cases": s["n_cases"], "metrics": s["metrics"], "timing": s["timing"]} for d, s in per.items()}
+                  for r, per in results.items()}}, indent=2) + "\n")
+    (out / "sss_table.md").write_text(table_markdown(results, lm.name, sizes))
+    plot_table(results, sizes, out / "sss_table.png")
+    log.info("wrote %s/sss_table.{json,md,png}", out)
+    return results
+
+
+def sweep_markdown(result: dict) -> str:
+    lines = [f"# FT-L + SSS against C on {result['model']}: {result['dataset']}", "",
+             f"Token accuracy in %, first {result['n_cases']} cases, each edit alone (C = 0 is FT-L).", "",
+             "| C | " + " | ".join(c for c, _ in COLUMNS) + " | edit s (median) |", "|---|" + "---|" * (len(COLUMNS) + 1)]
+    for c in result["c_values"]:
+        s = result["runs"][str(c)]
+        lines.append(f"| {c} | " + " | ".join(f"{100 * s['metrics'][k]:.1f}" for _, k in COLUMNS)
+                     + f" | {s['timing'].get('edit_s_median', float('nan')):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(result: dict, path: Path) -> Path:
+    from robustedit.analysis.key_plots import _figure, _save
+
+    fig, ax = _figure(6, 4)
+    cs = result["c_values"]
+    for label, key in COLUMNS:
+        ax.plot(cs, [100 * result["runs"][str(c)]["metrics"][key] for c in cs], marker="o", label=label)
+    ax.set_xlabel("C (weight of SSS in (1 − C)·L + C·SSS)")
+    ax.set_ylabel("token accuracy (%)")
+    ax.set_title(f"FT-L + SSS on {result['dataset']} ({result['n_cases']} cases)", fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def run_sweep(*, out: Path | None, model: str, config: str | None, sets: list[str], seed: int, device: str,
+              dtype: str, limit: int | None = None, only: list[str] | None = None, dataset: str | None = None,
+              known_only: bool = True) -> dict:
+    from robustedit.cli import _setup
+
+    _reject(config, None, known_only, "sss-c-sweep")
+    if only and any(o != "ft-l+sss" for o in only):
+        raise UserError("sss-c-sweep sweeps ft-l+sss; trained editors need one training per C "
+                        "(robustedit train mend+sss --set sss.coefficient=C --out DIR)")
+    dataset = dataset or "zsre"
+    out = Path(out or "runs/reproduce-sss-c-sweep")
+    lm = _setup(model, dtype, device, seed)
+    command = "robustedit " + shlex.join(sys.argv[1:])
+    cases = load_cases(dataset, limit=limit or SWEEP_CASES)
+    runs = {str(c): _evaluate(lm, "ft-l+sss", [*sets, f"sss.coefficient={c}"], dataset, cases, out / f"C-{c}",
+                              command, seed) for c in C_VALUES}
+    result = {"model": lm.name, "dataset": dataset, "n_cases": len(cases), "command": command,
+              "c_values": list(C_VALUES), "runs": {c: {"metrics": s["metrics"], "timing": s["timing"]} for c, s in runs.items()}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sss_c_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "sss_c_sweep.md").write_text(sweep_markdown(result))
+    plot_sweep(result, out / "sss_c_sweep.png")
+    log.info("wrote %s/sss_c_sweep.{json,md,png}", out)
+    return result
+
+
+def _reject(config: str | None, dataset: str | None, known_only: bool, name: str) -> None:
+    if config is not None:
+        raise UserError(f"reproduce {name} runs several editors; set hyperparameters with --set instead of --config")
+    if dataset is not None and name == "sss-table":
+        raise UserError("reproduce sss-table runs on zsre and counterfact; --dataset applies to rep-table and sss-c-sweep")
+    if not known_only:
+        raise UserError("--all-cases applies to rep-table; the SSS experiments use every case already")
+
+
+EXPERIMENTS.register("sss-table", Experiment("sss-table", "the SSS paper's Table 1: FT-L, MEND, SERAC with and "
+                                             "without SSS on zsRE and CounterFact", run_table))
+EXPERIMENTS.register("sss-c-sweep", Experiment("sss-c-sweep", "the SSS paper's Figure 3: FT-L + SSS against C", run_sweep))

@@ -1,0 +1,52 @@
+"""A trained editor on disk: ``editor.safetensors`` (its networks' weights) + ``editor.json``.
+
+The JSON says which editor and which model the weights were trained for (the model's weights
+fingerprint, so an editor trained on one model is never silently used with another), the full
+config it was trained with, and how the training went. ``robustedit train NAME`` writes it;
+the editor loads it from ``checkpoint=PATH`` or, by default, from the cache folder the trainer
+writes to when no ``--out`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from robustedit.errors import UserError
+from robustedit.paths import cache_root
+
+WEIGHTS, META = "editor.safetensors", "editor.json"
+
+
+def default_dir(editor: str, lm) -> Path:
+    """Where ``robustedit train EDITOR`` puts the trained editor of ``lm`` unless told otherwise."""
+    return cache_root() / "trained" / editor / f"{Path(lm.name).name}-{lm.fingerprint[:12]}"
+
+
+def save_trained(folder: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / WEIGHTS))
+    (folder / META).write_text(json.dumps(meta, indent=2, default=str))
+
+
+def load_trained(folder: str | Path | None, editor: str, lm) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights and metadata of ``editor`` trained for ``lm``; one-line errors otherwise."""
+    base = editor.split("+", 1)[0]
+    path = Path(folder) if folder else default_dir(editor, lm)
+    train_cmd = f"robustedit train {editor}" + ("" if lm.name == "smollm2" else f" --model {lm.name}")
+    if not (path / WEIGHTS).is_file() or not (path / META).is_file():
+        where = f"in {path}" if folder else f"for {lm.name} (looked in {path})"
+        raise UserError(f"no trained {editor} editor {where}; train it first with `{train_cmd}`"
+                        + (f" --out {path}" if folder else "") + ", or pass --set checkpoint=DIR")
+    meta = json.loads((path / META).read_text())
+    if meta.get("editor", "").split("+", 1)[0] != base:
+        raise UserError(f"{path} holds a trained {meta.get('editor')!r} editor, not {base!r}")
+    if meta.get("fingerprint") != lm.fingerprint:
+        raise UserError(f"{path} was trained for another model ({meta.get('model')}, weights "
+                        f"{str(meta.get('fingerprint'))[:12]}), not {lm.name} ({lm.fingerprint[:12]}); "
+                        f"train it for this model with `{train_cmd}`")
+    return load_file(str(path / WEIGHTS), device=str(lm.device)), meta

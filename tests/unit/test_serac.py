@@ -1,0 +1,86 @@
+"""SERAC (editors/serac.py, training/serac.py) and the edit memory (editors/memory.py) on tiny
+random models: training makes edits in scope answer with the new target and leaves unrelated
+inputs to the base model, the memory comes off exactly, and such edits refuse to be saved."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_mend import mend_file, target_nll
+from tiny import tiny_model
+
+import robustedit.editors  # noqa: F401  (registers the editors)
+from robustedit.config import from_dict
+from robustedit.editors.base import apply_delta, applied, build_editor
+from robustedit.editors.memory import EditMemory
+from robustedit.editors.serac import SERACConfig, SERACSSSConfig
+from robustedit.editors.store import save_edit
+from robustedit.errors import UserError
+from robustedit.request import EditRequest
+from robustedit.training.trainers import train_editor
+
+
+def config(data: str, cls=SERACConfig, **train) -> SERACConfig:
+    settings = {"steps": 60, "batch_size": 4, "lr": 3e-3, "classifier_lr": 3e-2, "val_every": 0,
+                "save_every": 30, "val_cases": 2, "val_fraction": 0.2, "dataset": data, **train}
+    return from_dict(cls, {"head_dim": 16, "cf_layers": 2, "classifier_layer": 1, "train": settings})
+
+
+def logits(lm, text: str) -> torch.Tensor:
+    with torch.no_grad():
+        return lm.model(**lm.tokenizer(text, return_tensors="pt")).logits
+
+
+@pytest.fixture(scope="module")
+def trained(tokenizer, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serac")
+    lm = tiny_model("llama", tokenizer)
+    out, meta = train_editor("serac", lm, config(mend_file(tmp)), tmp / "serac")
+    return lm, out, meta
+
+
+def test_an_untrained_editor_is_a_one_line_error(tokenizer):
+    with pytest.raises(UserError, match="train it first with `robustedit train serac"):
+        build_editor("serac", tiny_model("llama", tokenizer))
+
+
+def test_a_trained_editor_answers_in_scope_and_leaves_the_rest(trained):
+    lm, out, meta = trained
+    assert meta["validation"]["val_out_of_scope_loc"] >= 0.5
+    editor = build_editor("serac", lm, {"checkpoint": str(out)})
+    request = EditRequest("What colour is {}?", "Lima", "gold")  # a training edit
+    unrelated = "nq question: who wrote book number 3"
+    before = logits(lm, unrelated)
+    nll0 = target_nll(lm, request)
+    delta = editor.edit([request])
+    assert not delta.weights and len(delta.memory) == 1
+    with applied(lm, delta):
+        assert target_nll(lm, request) < nll0 - 0.5
+        assert torch.equal(logits(lm, unrelated), before)  # out of scope: the base model's own logits
+    assert EditMemory.installed(lm.model) == []
+    assert torch.equal(logits(lm, unrelated), before)
+
+
+def test_memory_edits_refuse_to_be_saved_and_come_off_in_any_order(trained, tmp_path):
+    lm, out, _ = trained
+    editor = build_editor("serac", lm, {"checkpoint": str(out)})
+    requests = [EditRequest("What colour is {}?", s, "red") for s in ("Oslo", "Rome")]
+    with pytest.raises(UserError, match="cannot be saved"):
+        save_edit(tmp_path / "e", lm, editor.edit(requests[:1]), requests[:1], {})
+    first, second = apply_delta(lm, editor.edit(requests[:1])), apply_delta(lm, editor.edit(requests[1:]))
+    assert [e.request for e in EditMemory.installed(lm.model)] == requests
+    first.restore()
+    assert [e.request for e in EditMemory.installed(lm.model)] == requests[1:]
+    second.restore()
+    assert not hasattr(lm.model, EditMemory.ATTRIBUTE)
+
+
+def test_serac_with_sss_trains_the_counterfactual_model_with_the_regularizer(tokenizer, tmp_path):
+    import json
+
+    lm = tiny_model("llama", tokenizer)
+    out, meta = train_editor("serac+sss", lm, config(mend_file(tmp_path), SERACSSSConfig, steps=2, log_every=1),
+                             tmp_path / "s")
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if '"train"' in line]
+    assert len(log) == 2 and all(r["sss"] > 0 for r in log)
+    assert build_editor("serac+sss", lm, {"checkpoint": str(out)}).edit([EditRequest("What colour is {}?", "Oslo", "red")]).memory
