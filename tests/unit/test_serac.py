@@ -16,6 +16,7 @@ from robustedit.editors.memory import EditMemory
 from robustedit.editors.serac import SERACConfig, SERACSSSConfig
 from robustedit.editors.store import save_edit
 from robustedit.errors import UserError
+from robustedit.eval.scoring import score_pairs
 from robustedit.request import EditRequest
 from robustedit.training.trainers import train_editor
 
@@ -35,7 +36,12 @@ def logits(lm, text: str) -> torch.Tensor:
 def trained(tokenizer, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serac")
     lm = tiny_model("llama", tokenizer)
-    out, meta = train_editor("serac", lm, config(mend_file(tmp)), tmp / "serac")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as conftest does per test: module fixtures run before it
+    try:
+        out, meta = train_editor("serac", lm, config(mend_file(tmp)), tmp / "serac")
+    finally:
+        torch.set_num_threads(threads)
     return lm, out, meta
 
 
@@ -54,8 +60,10 @@ def test_a_trained_editor_answers_in_scope_and_leaves_the_rest(trained):
     nll0 = target_nll(lm, request)
     delta = editor.edit([request])
     assert not delta.weights and len(delta.memory) == 1
+    scored0 = score_pairs(lm, [(request.text, "gold")])[0].logprob
     with applied(lm, delta):
         assert target_nll(lm, request) < nll0 - 0.5
+        assert score_pairs(lm, [(request.text, "gold")])[0].logprob > scored0 + 0.5  # the evaluation's path
         assert torch.equal(logits(lm, unrelated), before)  # out of scope: the base model's own logits
     assert EditMemory.installed(lm.model) == []
     assert torch.equal(logits(lm, unrelated), before)

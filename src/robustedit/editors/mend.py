@@ -42,6 +42,8 @@ EDIT_LOSS_ON = ("rephrase", "both")
 
 @dataclass(frozen=True)
 class MENDTrainConfig(LoopConfig):
+    steps: int = field(default=300, metadata={"help": "optimizer steps (~12 min for SmolLM2 on 2 CPU cores; +SSS ~25 min)"})
+    val_every: int = field(default=100, metadata={"help": "validate every N steps (and at the end); 0 = only at the end"})
     dataset: str = field(default="zsre-train", metadata={"help": "training edits (bundled name or file); tail held out"})
     batch_size: int = field(default=8, metadata={"help": "edits per step, applied as one joint update"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the hypernetwork (reference: 1e-6 for ~100k GPU steps)"})

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustedit.models.forward import hidden_states, logits_at
+from robustedit.models.forward import position_logits
 from robustedit.models.load import LanguageModel
 from robustedit.models.text import encode, pad, pad_id, target_ids
 
@@ -59,13 +59,12 @@ def score_pairs(lm: LanguageModel, pairs: list[tuple[str, str]], batch_size: int
         firsts[seq] = min(first, firsts.get(seq, first))
     for chunk in length_batches(unique, batch_size, max_tokens):
         batch = pad([list(s) for s in chunk], pad_id(tok), lm.device)
-        hidden = hidden_states(lm, batch)
         rows, cols = [], []
         for i, seq in enumerate(chunk):
             for c in range(firsts[seq], len(seq)):
                 rows.append(i)
                 cols.append(c)
-        lp = torch.log_softmax(logits_at(lm, hidden, torch.tensor(rows), torch.tensor(cols)).float(), dim=-1)
+        lp = torch.log_softmax(position_logits(lm, batch, torch.tensor(rows), torch.tensor(cols)).float(), dim=-1)
         offset = 0
         for seq in chunk:
             n = len(seq) - firsts[seq]

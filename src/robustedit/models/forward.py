@@ -26,3 +26,13 @@ def logits_at(lm: LanguageModel, hidden: torch.Tensor, rows: torch.Tensor, cols:
     if cap:  # Gemma 2/3 squash logits in the causal-LM wrapper, which we bypass
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+def position_logits(lm: LanguageModel, batch: Batch, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Next-token logits ``(N, V)`` at ``(rows[n], cols[n])`` of ``batch``. A model with a forward
+    hook on its causal-LM wrapper (an edit memory that reroutes its output, ``editors/memory.py``)
+    runs its full forward, so that the hook sees and rewrites the logits it is responsible for."""
+    if lm.model._forward_hooks:
+        out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        return out.logits[rows, cols]
+    return logits_at(lm, hidden_states(lm, batch), rows, cols)

@@ -9,6 +9,7 @@ writes to when no ``--out`` is given.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ WEIGHTS, META = "editor.safetensors", "editor.json"
 
 def default_dir(editor: str, lm) -> Path:
     """Where ``robustedit train EDITOR`` puts the trained editor of ``lm`` unless told otherwise."""
-    return cache_root() / "trained" / editor / f"{Path(lm.name).name}-{lm.fingerprint[:12]}"
+    key = hashlib.sha256(lm.fingerprint.encode()).hexdigest()[:12]  # the weights, in a path-safe form
+    return cache_root() / "trained" / editor / f"{Path(lm.name).name}-{key}"
 
 
 def save_trained(folder: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

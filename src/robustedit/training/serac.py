@@ -6,7 +6,8 @@ Each step takes ``batch_size`` training edits and makes one Adam step on both tr
 - *classifier*: binary cross-entropy over every (query, edit) pair of the batch. A query is an
   edit's prompt or rephrase, followed half of the time by a candidate answer (the new target, the
   true one or another edit's), as teacher-forced scoring presents them; it is in scope of its own
-  edit only. The edit's unrelated ``loc`` question (with or without its answer) is in scope of none.
+  edit only. The edit's unrelated ``loc`` question (with or without its answer) is in scope of none,
+  nor is the edit's prompt with another edit's subject (a CounterFact neighbour is just that).
 - *counterfactual model*: the NLL of the new target after ``context(edit) + query``, for the
   prompt and the rephrase. With SSS (``serac+sss``) this loss becomes (1 − C)·NLL + C·λ_max,
   λ_max over the input embeddings of those sequences (the counterfactual model's own input).
@@ -29,6 +30,9 @@ from robustedit.training.loop import batch_indices, split_cases
 from robustedit.training.mend import Example, examples, token_accuracy
 
 
+STANDARDISE_ON = 200  # training edits whose texts fix the classifier's feature standardisation
+
+
 def with_answer(question: str, answer: str | None) -> str:
     return question if answer is None else f"{question} {answer}"
 
@@ -48,19 +52,25 @@ class SERACTask:
         self.module = self.system.trained
         for p in self.module["cf_layers"].parameters():
             p.requires_grad_(True)
+        sample = [t for e in self.train[:STANDARDISE_ON] for t in (e.prompt, e.rephrase, e.loc_prompt)]
+        self.module["head"].fit_standardisation(torch.cat([self.system.encoder(sample[i: i + 64])
+                                                           for i in range(0, len(sample), 64)]))
         self.optimizer = torch.optim.Adam([
             {"params": list(self.module["head"].parameters()), "lr": cfg.train.classifier_lr},
             {"params": list(self.module["cf_layers"].parameters()), "lr": cfg.train.lr}])
 
     def _classifier_batch(self, batch: list[Example], rng: random.Random) -> tuple[list[str], torch.Tensor]:
-        """Queries and their (n_queries, n_edits) in-scope labels."""
+        """Queries and their (n_queries, n_edits) in-scope labels. Besides the edit's prompt and
+        rephrase (in scope of it) and its loc question (of none), the edit's prompt with the next
+        edit's subject written in is a hard negative: same wording, another subject."""
         answers = [e.target for e in batch] + [e.request.target_true or e.target for e in batch]
         queries, labels = [], []
         for i, e in enumerate(batch):
+            swapped = e.request.prompt.format(batch[(i + 1) % len(batch)].request.subject)
             for question, answer, own in ((e.prompt, e.target, True), (e.rephrase, rng.choice(answers), True),
-                                          (e.loc_prompt, e.loc_answer, False)):
+                                          (e.loc_prompt, e.loc_answer, False), (swapped, rng.choice(answers), False)):
                 queries.append(with_answer(question, answer if rng.random() < 0.5 else None))
-                labels.append([float(own and j == i) for j in range(len(batch))])
+                labels.append([float((own and j == i) or question == other.prompt) for j, other in enumerate(batch)])
         return queries, torch.tensor(labels, device=self.lm.device)
 
     def _classifier_loss(self, batch: list[Example], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +110,8 @@ class SERACTask:
         _, p_loc = sys.scope([e.loc_prompt for e in self.val], memory)
         best, p_reph = sys.scope([e.rephrase for e in self.val], memory)
         best_p, p_prompt = sys.scope([e.prompt for e in self.val], memory)
+        _, p_swap = sys.scope([e.request.prompt.format(self.val[(i + 1) % len(self.val)].request.subject)
+                               for i, e in enumerate(self.val)], memory)
         own = torch.arange(len(self.val), device=best.device)
         thr = self.cfg.threshold
         tf = self._cf_inputs(self.val)
@@ -108,6 +120,7 @@ class SERACTask:
         return {"val_scope_prompt": float(((p_prompt >= thr) & (best_p == own)).float().mean()),
                 "val_scope_rephrase": float(((p_reph >= thr) & (best == own)).float().mean()),
                 "val_out_of_scope_loc": float((p_loc < thr).float().mean()),
+                "val_out_of_scope_swapped_subject": float((p_swap < thr).float().mean()),
                 "val_cf_prompt_acc": float(acc[0::2].mean()), "val_cf_rephrase_acc": float(acc[1::2].mean())}
 
     def export(self):
