@@ -39,7 +39,7 @@ def write_json(tmp_path, data, name="cases.json"):
 # --- bundled files ------------------------------------------------------------------------------
 
 def test_bundled_names():
-    assert dataset_names() == ["counterfact", "counterfact-val", "rep-valid", "zsre-rephrase", "zsre-train"]
+    assert dataset_names() == ["counterfact", "counterfact-val", "rep-valid", "zsre-knowedit", "zsre-rephrase", "zsre-train"]
     assert [c.case_id for c in load_cases("rep_valid", limit=3)] == [c.case_id for c in load_cases("rep-valid", limit=3)]
 
 
@@ -47,6 +47,7 @@ def test_bundled_names():
     ("counterfact", "counterfact", 925), ("rep-valid", "robustness", 100), ("zsre-rephrase", "robustness", 340),
     ("counterfact-val", "easyedit", 1801),
     ("zsre-train", "zsre-mend", 998),  # two records have an empty new target (skipped, logged)
+    ("zsre-knowedit", "knowedit", 643),
 ])
 def test_bundled_format_detected(name, source, count):
     cases = load_cases(name)
@@ -204,6 +205,23 @@ def test_detect_prefers_most_specific_format():
     record = robustness_record(ground_truth="human")
     del record["target_true"], record["subject_rephrase"]
     assert detect_format(record).name == "easyedit"
+
+
+def test_knowedit_schema_keeps_the_neighbours_that_share_the_first_answer(tmp_path):
+    record = {"subject": "Louise Grandjean", "target_new": "mezzo soprano", "prompt": "What voice type is Louise Grandjean?",
+              "ground_truth": ["soprano"], "rephrase_prompt": "What tone does Louise Grandjean sing in?",
+              "locality": {"Relation_Specificity": [
+                  {"prompt": "The country of citizenship of Louise Grandjean is", "ground_truth": ["France"]},
+                  {"prompt": "Louise Grandjean country of citizenship", "ground_truth": ["France"]},
+                  {"prompt": "Louise Grandjean was born in", "ground_truth": "Paris"}]},
+              "portability": {}}
+    (case,) = load_cases(write_json(tmp_path, [record]))
+    assert case.source == "knowedit"
+    assert case.request == EditRequest("What voice type is {}?", "Louise Grandjean", "mezzo soprano", "soprano")
+    assert case.paraphrase_prompts == ("What tone does Louise Grandjean sing in?",)
+    assert case.neighborhood_prompts == ("The country of citizenship of Louise Grandjean is",
+                                         "Louise Grandjean country of citizenship")
+    assert case.neighborhood_answer == "France"
 
 
 def test_zsre_mend_schema(tmp_path):

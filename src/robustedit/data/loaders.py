@@ -44,6 +44,9 @@ _bundle("counterfact-val", "counterfact_val.json",
 # The contract's example name `zsre` means this file: it is the only zsRE data bundled.
 _bundle("zsre-rephrase", "zsre_subject_rephrases.json",
         "340 zsRE cases with subject rephrasings (REP paper)", aliases=("zsre_rephrase", "zsre"))
+# zsRE's test edits as EasyEdit and the SSS paper score them: a rephrase and two locality prompts each.
+_bundle("zsre-knowedit", "zsre_portability.json", "643 zsRE test edits, KnowEdit schema (rephrase, locality)",
+        aliases=("zsre_portability",))
 # Training data of MEND / SERAC, and the held-out pool on which training-based editors' settings are chosen.
 _bundle("zsre-train", "zsre_mend_train_1k.json", "1,000 zsRE training edits, MEND schema", aliases=("zsre_train",))
 

@@ -209,8 +209,49 @@ register_format(CaseFormat(
     _parse_easyedit,
     "EasyEdit's flat schema (e.g. its CounterFact train/val release)",
 ))
-# TODO KnowEdit (zsre_portability.json, wiki_counterfact.json): its locality prompts each have
-# their own answer and it adds portability prompts; Case needs fields for both first.
+
+
+def _first_text(value: Any, where: str) -> str:
+    """A string, or the first of a list of strings (KnowEdit writes answers either way)."""
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        return value[0]
+    if isinstance(value, str):
+        return value
+    raise BadRecord(f"field {where!r} should be a string or a list of strings")
+
+
+def _parse_knowedit(record: Mapping[str, Any], default_id: str) -> Case:
+    """KnowEdit (Zhang et al. 2024). Its locality prompts each carry their own answer, and a Case
+    has one neighbour answer: the neighbours kept are the ``Relation_Specificity`` prompts that
+    share the first one's answer (in ``zsre_portability.json`` all of them: two phrasings of one
+    fact per case). Portability prompts are not read yet."""
+    request = EditRequest.from_filled_prompt(
+        _text(record, "prompt"), _text(record, "subject"), _text(record, "target_new"),
+        _first_text(record.get("ground_truth"), "ground_truth"),
+    )
+    locality = record.get("locality") or {}
+    entries = locality.get("Relation_Specificity") or [] if isinstance(locality, Mapping) else []
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        raise BadRecord("field 'locality.Relation_Specificity' should be a list of {prompt, ground_truth}")
+    answer = _first_text(entries[0].get("ground_truth"), "locality.ground_truth").strip() if entries else None
+    neighbours = tuple(e["prompt"] for e in entries if isinstance(e.get("prompt"), str)
+                       and _first_text(e.get("ground_truth"), "locality.ground_truth").strip() == answer)
+    return Case(
+        case_id=_case_id(record, default_id),
+        request=request,
+        paraphrase_prompts=_texts(record, "rephrase_prompt") if "rephrase_prompt" in record else (),
+        neighborhood_prompts=neighbours,
+        neighborhood_answer=answer or None,
+        source="knowedit",
+    )
+
+
+register_format(CaseFormat(
+    "knowedit",
+    frozenset({"prompt", "subject", "target_new", "ground_truth", "locality"}),
+    _parse_knowedit,
+    "KnowEdit (zsre_portability.json, wiki_counterfact.json; Zhang et al. 2024)",
+))
 
 
 def detect_format(record: Mapping[str, Any]) -> CaseFormat:

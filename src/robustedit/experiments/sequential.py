@@ -45,6 +45,8 @@ VARIANTS = (
     Variant("memit", "memit", 10),
     Variant("memit-nullspace", "memit", 10, ("nullspace.enabled=true",)),
     Variant("memit-memory", "memit", 10, ("edit_memory=true",)),
+    # the SSS paper's Table 2 editors, one edit per call (MEND and SERAC trained on zsRE: out of domain here)
+    *(Variant(name, name, 1) for name in ("ft-l", "ft-l+sss", "mend", "mend+sss", "serac", "serac+sss")),
 )
 
 
@@ -103,4 +105,4 @@ def run(*, out: Path | None, model: str, config: str | None, sets: list[str], se
 
 
 EXPERIMENTS.register("sequential", Experiment("sequential", "metrics against 1, 10, 100, 1000 sequential edits "
-                                              "for ROME, MEMIT, MEMIT with the null-space update and MEMIT with the edit memory", run))
+                                              "for ROME, MEMIT (plain, null-space, edit memory), FT-L, MEND and SERAC with and without SSS", run))

@@ -2,7 +2,8 @@
 Figure 3 on the embedded model.
 
 **sss-table.** Rows FT-L, MEND, SERAC, each without and with SSS (``--only`` for a subset); on
-zsRE (``zsre``, the 340 REP-paper cases) and CounterFact (``counterfact``), each edit made alone
+zsRE (``zsre-knowedit``: KnowEdit's zsRE test set, which has the rephrase and locality prompts the
+columns need; the REP paper's zsRE file has no rephrases) and CounterFact (``counterfact``), each edit made alone
 on the unedited model, every case (the paper does not filter by what the model knows), the first
 ``TABLE_CASES`` of each file unless ``--limit``. Columns in the paper's terms, as EasyEdit scores
 them: Reliability (``efficacy_acc``), Generality (``paraphrase_acc``), Locality (``locality_acc``),
@@ -10,7 +11,7 @@ teacher-forced token accuracy. MEND and SERAC are trained on zsRE (``robustedit 
 their CounterFact columns are out of domain, as in the paper. A trained editor that is missing is
 a one-line error naming its train command, before anything runs.
 
-**sss-c-sweep.** FT-L + SSS with C ∈ ``C_VALUES`` (C = 0 is plain FT-L) on zsRE, the same three
+**sss-c-sweep.** FT-L + SSS with C ∈ ``C_VALUES`` (C = 0 is plain FT-L) on zsRE (``zsre-knowedit``), the same three
 metrics against C, as the paper's Figure 3. Trained editors would need one training per C; they
 are not swept here (train them with ``--set sss.coefficient=C --out DIR`` and evaluate each).
 Both write JSON, a Markdown table and a PNG, and reuse finished rows when rerun in the same --out.
@@ -32,7 +33,7 @@ from robustedit.experiments import EXPERIMENTS, Experiment
 log = logging.getLogger(__name__)
 ROWS = ("ft-l", "ft-l+sss", "mend", "mend+sss", "serac", "serac+sss")
 TRAINED = ("mend", "mend+sss", "serac", "serac+sss")
-DATASETS = ("zsre", "counterfact")
+DATASETS = ("zsre-knowedit", "counterfact")
 TABLE_CASES = 100
 C_VALUES = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 SWEEP_CASES = 20
@@ -154,7 +155,7 @@ def run_sweep(*, out: Path | None, model: str, config: str | None, sets: list[st
     if only and any(o != "ft-l+sss" for o in only):
         raise UserError("sss-c-sweep sweeps ft-l+sss; trained editors need one training per C "
                         "(robustedit train mend+sss --set sss.coefficient=C --out DIR)")
-    dataset = dataset or "zsre"
+    dataset = dataset or DATASETS[0]
     out = Path(out or "runs/reproduce-sss-c-sweep")
     lm = _setup(model, dtype, device, seed)
     command = "robustedit " + shlex.join(sys.argv[1:])
@@ -175,7 +176,7 @@ def _reject(config: str | None, dataset: str | None, known_only: bool, name: str
     if config is not None:
         raise UserError(f"reproduce {name} runs several editors; set hyperparameters with --set instead of --config")
     if dataset is not None and name == "sss-table":
-        raise UserError("reproduce sss-table runs on zsre and counterfact; --dataset applies to rep-table and sss-c-sweep")
+        raise UserError(f"reproduce sss-table runs on {' and '.join(DATASETS)}; --dataset applies to rep-table and sss-c-sweep")
     if not known_only:
         raise UserError("--all-cases applies to rep-table; the SSS experiments use every case already")
 
