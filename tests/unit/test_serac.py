@@ -92,3 +92,19 @@ def test_serac_with_sss_trains_the_counterfactual_model_with_the_regularizer(tok
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if '"train"' in line]
     assert len(log) == 2 and all(r["sss"] > 0 for r in log)
     assert build_editor("serac+sss", lm, {"checkpoint": str(out)}).edit([EditRequest("What colour is {}?", "Oslo", "red")]).memory
+
+
+def test_a_sequential_run_keeps_every_edit_in_memory_and_ends_with_none(trained, tmp_path):
+    from robustedit.data import Case
+    from robustedit.eval.runner import RunInfo
+    from robustedit.eval.sequential import SequentialPlan, run_sequential
+
+    lm, out, _ = trained
+    editor = build_editor("serac", lm, {"checkpoint": str(out)})
+    cases = [Case(str(i), EditRequest("What colour is {}?", s, "gold", "grey"), paraphrase_prompts=(f"Which colour does {s} have?",),
+                  neighborhood_prompts=("nq question: who wrote book number 3",), neighborhood_answer="Someone Else")
+             for i, s in enumerate(["Lima", "Oslo", "Rome", "Paris"])]
+    run = RunInfo("serac", lm.name, "hand-made", {}, command="test")
+    summary = run_sequential(editor, cases[:3], cases[3:], tmp_path, run, SequentialPlan(3, 1))  # save_edits on
+    assert summary["n_cases"] == 3 and not (tmp_path / "edits").exists()
+    assert EditMemory.installed(lm.model) == []

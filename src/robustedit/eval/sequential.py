@@ -15,6 +15,7 @@ the editor's memory of them (AlphaEdit's preserved keys); an existing results fo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from robustedit.eval.metrics import case_metrics, score_case
 from robustedit.eval.report import write_sequential_plot, write_summary
 from robustedit.eval.runner import RunInfo, case_record, summarize
 from robustedit.progress import progress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,10 @@ def run_sequential(editor: Editor, cases: list[Case], probe_cases: list[Case], o
                 with open(out_dir / "records.jsonl", "w", encoding="utf-8") as f:
                     for i, case in enumerate(cases):
                         f.write(json.dumps(case_record(case, pre[i], post[i], {"step": i // plan.batch_size}, {"edit_s": edit_s[i]})) + "\n")
-        if save_edits:
+        if save_edits and sequence.memory:  # SERAC: nothing in the weights to save
+            log.warning("edits kept in an edit memory are not saved; edits.jsonl lists the requests, "
+                        "which the trained editor turns into the same memory")
+        elif save_edits:
             sequence.save(out_dir / "edits", editor.name, run.config)
     finally:
         sequence.undo()
