@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustedit.editors.installed import InstalledList
+
 
 class KeyAdaptor(nn.Module):
     """REP's gated low-rank branch on keys of width ``d_in`` (module docstring)."""
@@ -73,7 +75,7 @@ class KeyAdaptor(nn.Module):
         return h.hexdigest()[:16]
 
 
-class AdaptorStack:
+class AdaptorStack(InstalledList):
     """Every adaptor installed on one module, applied by one forward pre-hook: k̂ = k + Σ branches.
 
     A key whose gates all stay closed is returned as the very same tensor (bit-identical). The
@@ -82,39 +84,17 @@ class AdaptorStack:
 
     ATTRIBUTE = "_robustedit_adaptors"
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.adaptors: list[KeyAdaptor] = []
-        self._handle = None
+    @property
+    def adaptors(self) -> list[KeyAdaptor]:
+        return self.items
 
-    @classmethod
-    def of(cls, module: nn.Module) -> "AdaptorStack":
-        stack = getattr(module, cls.ATTRIBUTE, None)
-        if stack is None:
-            stack = cls(module)
-            setattr(module, cls.ATTRIBUTE, stack)
-        return stack
-
-    @classmethod
-    def installed(cls, module: nn.Module) -> list[KeyAdaptor]:
-        stack = getattr(module, cls.ATTRIBUTE, None)
-        return list(stack.adaptors) if stack is not None else []
+    def register(self):
+        return self.module.register_forward_pre_hook(self._pre)
 
     def add(self, adaptor: KeyAdaptor) -> None:
         adaptor.eval()
         adaptor.requires_grad_(False)
-        self.adaptors.append(adaptor)
-        if self._handle is None:
-            self._handle = self.module.register_forward_pre_hook(self._pre)
-
-    def remove(self, adaptor: KeyAdaptor) -> None:
-        self.adaptors = [a for a in self.adaptors if a is not adaptor]
-        if not self.adaptors:
-            if self._handle is not None:
-                self._handle.remove()
-            self._handle = None
-            if getattr(self.module, self.ATTRIBUTE, None) is self:
-                delattr(self.module, self.ATTRIBUTE)
+        super().add(adaptor)
 
     def apply(self, k: torch.Tensor) -> torch.Tensor:
         added = None

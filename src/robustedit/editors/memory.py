@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from robustedit.editors.installed import InstalledList
 from robustedit.request import EditRequest
 
 
@@ -36,44 +37,22 @@ class MemoryEdit:
     router: Router
 
 
-class EditMemory:
+class EditMemory(InstalledList):
     """Every :class:`MemoryEdit` installed on one model, served by one forward hook."""
 
     ATTRIBUTE = "_robustedit_memory"
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.entries: list[MemoryEdit] = []
-        self._handle = None
+    @property
+    def entries(self) -> list[MemoryEdit]:
+        return self.items
 
-    @classmethod
-    def of(cls, model: nn.Module) -> "EditMemory":
-        memory = getattr(model, cls.ATTRIBUTE, None)
-        if memory is None:
-            memory = cls(model)
-            setattr(model, cls.ATTRIBUTE, memory)
-        return memory
-
-    @classmethod
-    def installed(cls, model: nn.Module) -> list[MemoryEdit]:
-        memory = getattr(model, cls.ATTRIBUTE, None)
-        return list(memory.entries) if memory is not None else []
+    def register(self):
+        return self.module.register_forward_hook(self._hook, with_kwargs=True)
 
     def add(self, entry: MemoryEdit) -> None:
         if self.entries and entry.router is not self.entries[0].router:
             raise ValueError("one model's edit memory is served by one trained system; undo the other edits first")
-        self.entries.append(entry)
-        if self._handle is None:
-            self._handle = self.model.register_forward_hook(self._hook, with_kwargs=True)
-
-    def remove(self, entry: MemoryEdit) -> None:
-        self.entries = [e for e in self.entries if e is not entry]
-        if not self.entries:
-            if self._handle is not None:
-                self._handle.remove()
-            self._handle = None
-            if getattr(self.model, self.ATTRIBUTE, None) is self:
-                delattr(self.model, self.ATTRIBUTE)
+        super().add(entry)
 
     def _hook(self, _module, args, kwargs, output):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
