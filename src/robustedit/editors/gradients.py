@@ -148,11 +148,14 @@ class MENDNet(nn.Module):
             _key(n): GradientTransform(d_in, d_out, rank, n_hidden, normalize) for n, (d_in, d_out) in shapes.items()})
         self.lrs = nn.Parameter(torch.full((len(self.names),), float(init_lr)))
 
+    def transform(self, name: str) -> GradientTransform:
+        return self.transforms[_key(name)]
+
     def updates(self, factors: dict[str, Factors], weight_is_in_out: bool = False) -> dict[str, torch.Tensor]:
         """ΔW by weight name from each weight's recorded :class:`Factors`."""
         out = {}
         for i, name in enumerate(self.names):
-            u, delta = self.transforms[_key(name)](factors[name].u, factors[name].delta)
+            u, delta = self.transform(name)(factors[name].u, factors[name].delta)
             out[name] = -self.lrs[i] * factor_update(u, delta, weight_is_in_out)
         return out
 

@@ -105,7 +105,7 @@ class MENDTask:
         factors = self._factors(batch)
         with torch.no_grad():
             for name in self.names:
-                t = self.module.transforms[name.replace(".", "#")]
+                t = self.module.transform(name)
                 keep = (factors[name].u != 0).any(-1) & (factors[name].delta != 0).any(-1)
                 t.u_norm.update(factors[name].u[keep].float())
                 t.delta_norm.update(factors[name].delta[keep].float())
