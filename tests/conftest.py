@@ -71,6 +71,12 @@ def tiny_lm_factory(tokenizer):
     assert not changed, f"a test left the shared tiny models changed: {changed}"
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tokenizer, tmp_path_factory) -> Path:
+    """The tiny Llama saved as a Hugging Face folder (``--model DIR`` in subprocesses and workers)."""
+    return tiny.save_tiny("llama", tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+
+
 @pytest.fixture(params=tiny.ARCHITECTURES)
 def arch(request) -> str:
     return request.param

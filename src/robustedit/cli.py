@@ -119,10 +119,15 @@ def evaluate(
     save_edits: bool = typer.Option(True, "--save-edits/--no-save-edits", help="with --sequential: keep the edited weights in OUT/edits"),
     robustness: Optional[bool] = typer.Option(None, "--robustness/--no-robustness", help="score the REP paper's robustness probes: rephrased and shuffled subject, long context (default: on when the dataset has subject rephrasings)"),
     known_only: bool = typer.Option(False, "--known-only", help="keep only the cases whose true target the unedited model predicts top-1 (REP paper's filter; applied before --limit)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="shard the cases over N Ray workers, each loading the model once (pip install 'robustedit[ray]')"),
+    address: Optional[str] = typer.Option(None, "--address", help="with --workers: an existing Ray cluster (host:port or auto; default: a local Ray started on demand)"),
+    worker_threads: int = typer.Option(1, "--worker-threads", help="with --workers: torch threads (and Ray CPUs) per worker"),
     model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Edit each case from the unedited model (or all of them in sequence), score, write records + summary."""
+    from dataclasses import asdict
+
     from robustedit.data import load_cases
     from robustedit.eval.robustness import RobustnessConfig
     from robustedit.eval.runner import RunInfo, run_evaluation
@@ -134,16 +139,22 @@ def evaluate(
     if out is not None and (out / "records.jsonl").exists() and not resume:
         raise UserError(f"{out} already holds results; pass --resume to continue it or choose another --out")
     plan = _sequential_plan(sequential, batch_size, checkpoints, resume, limit)
-    if plan is not None and (robustness or known_only):
-        raise UserError("--robustness and --known-only apply to case-by-case runs, not to --sequential")
+    if plan is not None and (robustness or known_only or workers):
+        raise UserError("--robustness, --known-only and --workers apply to case-by-case runs, not to --sequential")
+    if workers is not None and (workers < 1 or worker_threads < 1):
+        raise UserError("--workers and --worker-threads must be at least 1")
+    if workers is None and (address is not None or worker_threads != 1):
+        raise UserError("--address and --worker-threads only apply with --workers N")
     cases = load_cases(dataset, limit=None if plan or known_only else limit)
     if robustness is None:  # REP trains on the in-domain probes, so its runs score them too
         robustness = plan is None and (any(c.subject_rephrases for c in cases) or editor.endswith("+rep"))
     cls, econfig = _resolve(editor, model, config, set_)
     name = Path(dataset).stem if dataset.endswith((".json", ".jsonl")) else dataset
     out = out or Path("runs") / f"{editor}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    lm = _setup(model, dtype, device, seed)
-    extra: dict = {}
+    rob = RobustnessConfig() if robustness else None
+    extra: dict = {"robustness": asdict(rob)} if rob is not None else {}
+    command = "robustedit " + shlex.join(sys.argv[1:])
+    lm = _setup(model, dtype, device, seed) if workers is None or known_only else None
     if known_only:
         from robustedit.eval.filters import known_cases
 
@@ -153,23 +164,31 @@ def evaluate(
         if not kept:
             raise UserError(f"the model knows none of the {len(cases)} cases of {dataset}; drop --known-only")
         cases = kept[:limit] if limit else kept
-    rob = RobustnessConfig() if robustness else None
-    if rob is not None:
-        from dataclasses import asdict
+    if workers is not None:  # the workers build the editor; this process only writes the results
+        from robustedit.eval.distributed import RayEvaluator
+        from robustedit.eval.runner import EvalOptions
+        from robustedit.session import EditorSpec
 
-        extra["robustness"] = asdict(rob)
-    ed, cfg = _build(cls, econfig, lm)
-    run = RunInfo(editor=editor, model=lm.name, dataset=dataset, config=cfg, seed=seed,
-                  command="robustedit " + shlex.join(sys.argv[1:]), extra=extra)
-    if plan is None:
-        summary = run_evaluation(ed, cases, out, run, resume=resume, robustness=rob)
+        # Workers may start in another folder: paths travel absolute.
+        local = Path(model).expanduser()
+        spec = EditorSpec(editor, str(local.resolve()) if local.is_dir() else model,
+                          str(Path(config).resolve()) if config else None, tuple(set_ or ()), dtype, device, seed)
+        extra["workers"] = {"n": workers, "threads": worker_threads, "address": address}
+        run = RunInfo(editor=editor, model=model, dataset=dataset, config=asdict(econfig), seed=seed, command=command, extra=extra)
+        with RayEvaluator(spec, EvalOptions(rob, seed), workers, address=address, threads=worker_threads) as evaluator:
+            summary = run_evaluation(evaluator, cases, out, run, resume=resume)
     else:
-        from robustedit.eval.sequential import run_sequential
+        ed, cfg = _build(cls, econfig, lm)
+        run = RunInfo(editor=editor, model=lm.name, dataset=dataset, config=cfg, seed=seed, command=command, extra=extra)
+        if plan is None:
+            summary = run_evaluation(ed, cases, out, run, resume=resume, robustness=rob)
+        else:
+            from robustedit.eval.sequential import run_sequential
 
-        edited, probe = cases[: plan.n], cases[plan.n : plan.n + PROBE_CASES]  # probe: facts never edited
-        summary = run_sequential(ed, edited, probe, out, run, plan, save_edits=save_edits)
+            edited, probe = cases[: plan.n], cases[plan.n : plan.n + PROBE_CASES]  # probe: facts never edited
+            summary = run_sequential(ed, edited, probe, out, run, plan, save_edits=save_edits)
     mode = f", {plan.n} sequential edits in calls of {plan.batch_size}" if plan else ""
-    table = Table(title=f"{editor} on {dataset}: {summary['n_cases']} cases ({lm.name}{mode})")
+    table = Table(title=f"{editor} on {dataset}: {summary['n_cases']} cases ({model}{mode})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in summary["metrics"].items():
@@ -318,6 +337,33 @@ def train(
         console.print(f"  {k}: {v:.3f}")
     hint = "" if out is None else f" --set checkpoint={folder}"
     console.print(f"use it with: robustedit evaluate --editor {editor}{hint} --dataset zsre")
+
+
+@app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., help="run folders (each with a summary.json)"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="comma-separated metrics to show (default: all the runs have)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for compare.{json,md,png} (default runs/compare-<time>)"),
+) -> None:
+    """One table across finished runs (best value per metric in bold) and a bar chart."""
+    from robustedit.eval.compare import best_values, comparison, load_runs, metric_columns, write_comparison
+
+    loaded = load_runs(runs)
+    wanted = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    table = comparison(loaded, metric_columns(loaded, wanted))
+    best = best_values(table["runs"], table["columns"])
+    view = Table(title=f"{len(loaded)} runs (best of each metric in bold)")  # metrics as rows: runs are fewer
+    view.add_column("metric", no_wrap=True)
+    for r in table["runs"]:
+        view.add_column(f"{r['label']}\n{r['n_cases']} cases", justify="right")
+    for c in table["columns"]:
+        cells = ["–" if (v := r["metrics"][c]) is None else (f"[bold]{v:.3f}[/bold]" if v == best.get(c) and len(loaded) > 1
+                 else f"{v:.3f}") for r in table["runs"]]
+        view.add_row(c, *cells)
+    console.print(view)
+    out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    write_comparison(table, out)
+    console.print(f"wrote {out}/compare.json, compare.md, compare.png")
 
 
 @app.command()

@@ -59,3 +59,26 @@ def make_editor(editor: str, lm, config_file: str | None = None, sets: list[str]
     """Build a registered editor on ``lm``; returns (editor, resolved config as a dict)."""
     cls, config = resolve_editor(editor, lm.name, config_file, sets)
     return cls(lm, config), dataclasses.asdict(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class EditorSpec:
+    """Everything needed to rebuild the same editor on the same model in another process
+    (an evaluation worker): names and options only, no tensors."""
+
+    editor: str
+    model: str = "smollm2"
+    config_file: str | None = None
+    sets: tuple[str, ...] = ()
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+
+    def build(self):
+        """Load the model and build the editor; returns (editor, resolved config as a dict)."""
+        from robustedit.models.load import load_model
+
+        cls, config = resolve_editor(self.editor, self.model, self.config_file, list(self.sets))
+        seed_everything(self.seed)
+        lm = load_model(self.model, dtype=self.dtype, device=self.device)
+        return cls(lm, config), dataclasses.asdict(config)

@@ -147,3 +147,12 @@ def same_state(lm: LanguageModel, reference: dict[str, torch.Tensor]) -> list[st
     now = lm.model.state_dict()
     assert now.keys() == reference.keys()
     return [k for k in reference if not torch.equal(now[k], reference[k])]
+
+
+def save_tiny(arch: str, tokenizer, directory: Path, seed: int = 0) -> Path:
+    """The tiny model of ``arch`` as a Hugging Face folder, for code that loads models by path
+    (command-line runs in a subprocess, evaluation workers)."""
+    lm = tiny_model(arch, tokenizer, seed)
+    lm.model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return Path(directory)

@@ -11,6 +11,7 @@ from statistics import mean
 from typing import Callable
 
 from robustedit.data import Case
+from robustedit.eval.groups import robustness_items, score_items
 from robustedit.eval.robustness import KINDS, SPLITS
 from robustedit.eval.scoring import TargetScore, score_pairs
 from robustedit.models.load import LanguageModel
@@ -18,26 +19,6 @@ from robustedit.registry import Registry
 
 Scores = dict[str, list[TargetScore]]
 Probes = dict  # {kind: {split: [Probe, ...]}} from eval.robustness.robustness_probes
-
-
-def score_items(case: Case) -> dict[str, list[tuple[str, str]]]:
-    """The (prompt, target) pairs of a case, grouped by what they test."""
-    r = case.request
-    groups = {"edit_new": [(r.text, r.target_new)], "para_new": [(p, r.target_new) for p in case.paraphrase_prompts]}
-    if r.target_true:
-        groups["edit_true"] = [(r.text, r.target_true)]
-        groups["para_true"] = [(p, r.target_true) for p in case.paraphrase_prompts]
-    if case.neighborhood_answer:
-        groups["nbr_answer"] = [(p, case.neighborhood_answer) for p in case.neighborhood_prompts]
-        groups["nbr_new"] = [(p, r.target_new) for p in case.neighborhood_prompts]
-    return {k: v for k, v in groups.items() if v}
-
-
-def robustness_items(case: Case, probes: Probes) -> dict[str, list[tuple[str, str]]]:
-    """``<kind>_<split>`` groups: each robustness probe with the new target (``eval.robustness``)."""
-    target = case.request.target_new
-    return {f"{kind}_{split}": [(p.text, target) for p in group]
-            for kind, splits in probes.items() for split, group in splits.items() if group}
 
 
 def score_case(lm: LanguageModel, case: Case, probes: Probes | None = None) -> Scores:
@@ -122,6 +103,41 @@ def _locality_acc(pre: Scores, post: Scores):
     if not a:
         return None
     return mean(mean(float(x == y) for x, y in zip(s.argmax, t.argmax)) for s, t in zip(a, b))
+
+
+def _agreement(pre: Scores, post: Scores, group: str) -> list[float]:
+    """Per prompt: the share of the answer's positions whose teacher-forced top-1 token is the same
+    before and after the edit (EasyEdit's / KnowEdit's locality); for answer-free prompts
+    (``free_<group>``), whether the next token is the same."""
+    a, b = pre.get(f"lab_{group}", pre.get(group, [])), post.get(f"lab_{group}", post.get(group, []))
+    same = [mean(float(x == y) for x, y in zip(s.argmax, t.argmax)) for s, t in zip(a, b)]
+    fa, fb = pre.get(f"free_{group}", []), post.get(f"free_{group}", [])
+    return same + [float(s.next_token == t.next_token) for s, t in zip(fa, fb)]
+
+
+def _register_unchanged(name: str, group: str, help: str) -> None:
+    METRICS.register(name, Metric(name, lambda pre, post: (mean(v) if (v := _agreement(pre, post, group)) else None), help))
+
+
+_register_unchanged("pre_neighbor", "pre_nbr", "neighbours whose answer is the old target: teacher-forced tokens unchanged (SSS §7.1)")
+_register_unchanged("post_neighbor", "post_nbr", "other subjects whose answer is the new target: tokens unchanged (SSS §7.1)")
+_register_unchanged("distract_neighbor", "distract", "neighbour prompts after the edit stated as a sentence: tokens unchanged (SSS §7.1)")
+_register_unchanged("unrelated_attributes", "unrelated_attributes", "other facts about the same subject: tokens unchanged (SSS §7.1)")
+_register_unchanged("forgetfulness", "forgetfulness", "other objects of the same subject and relation: tokens unchanged (KnowEdit)")
+
+
+def _register_portability(name: str, help: str) -> None:
+    def fn(pre: Scores, post: Scores):
+        s = post.get(f"lab_{name}", [])
+        return mean(x.token_acc for x in s) if s else None
+
+    METRICS.register(name, Metric(name, fn, help))
+
+
+_register_portability("portability_alias", "subject replaced by an alias: token accuracy of the new target (KnowEdit)")
+_register_portability("portability_reverse", "the reversed relation asked about the new target: token accuracy of the subject")
+_register_portability("portability_one_hop", "a one-hop question through the edited fact: token accuracy of its answer (KnowEdit)")
+_register_portability("portability_logical", "KnowEdit's Logical_Generalization prompts: token accuracy of their answers")
 
 
 def _top1_share(scores: list[TargetScore]) -> float | None:

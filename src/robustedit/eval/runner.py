@@ -1,8 +1,13 @@
 """The evaluation loop: edit each case from the unedited model, score it, write it down at once.
 
-``records.jsonl`` gets one line per finished case (flushed and fsynced), so a killed run loses at
-most the case in flight and ``resume=True`` continues after the last complete line. The summary
-is rebuilt from the records file, never from memory, so resumed and uninterrupted runs agree.
+Editors only edit; everything else lives here. An `Evaluator` turns cases into records
+(`LocalEvaluator` in this process, ``eval.distributed.RayEvaluator`` over Ray workers) and
+`run_evaluation` is the one writer: ``records.jsonl`` gets one line per finished case (flushed and
+fsynced) in the order cases finish, so a killed run loses at most the cases in flight and
+``resume=True`` continues with the cases not yet written. Each case is evaluated with the random
+state seeded from (seed, case id) alone, so its record does not depend on which cases ran before
+it, in which process: sharded, resumed and uninterrupted runs write the same records. The
+summary is rebuilt from the records file, never from memory.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, Protocol
 
 from robustedit.data import Case
 from robustedit.editors.base import Editor, applied
 from robustedit.errors import UserError
 from robustedit.eval.metrics import case_metrics, pre_edit_facts, score_case
 from robustedit.eval.report import write_summary
-from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
+from robustedit.eval.robustness import RobustnessConfig, case_rng, in_domain, robustness_probes
 from robustedit.progress import progress
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,21 @@ def _rewrite_records(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """What is scored besides the case's own prompts, and the seed of each case's random state."""
+
+    robustness: RobustnessConfig | None = None
+    seed: int = 0
+
+
+def seed_case(seed: int, case_id: str) -> None:
+    """Seed every generator from (seed, case id) only: a case's record is the same in any order."""
+    from robustedit.session import seed_everything
+
+    seed_everything(case_rng(seed, case_id, "evaluate").getrandbits(32))
+
+
 def evaluate_case(editor: Editor, case: Case, robustness: RobustnessConfig | None = None) -> dict:
     """Score ``case`` before and after its edit; with ``robustness``, its robustness probes too
     (``eval.robustness``)."""
@@ -100,8 +121,37 @@ def case_record(case: Case, pre, post, edit: dict, timing: dict) -> dict:
     }
 
 
-def run_evaluation(editor: Editor, cases: list[Case], out_dir: Path, run: RunInfo, *, resume: bool = False,
-                   show_progress: bool = True, robustness: RobustnessConfig | None = None) -> dict:
+class Evaluator(Protocol):
+    """Turns cases into records; ``records`` yields them as cases finish, in any order."""
+
+    def prepare(self) -> None: ...
+
+    def records(self, cases: list[Case]) -> Iterator[dict]: ...
+
+
+class LocalEvaluator:
+    """Evaluates cases one after another with one editor in this process."""
+
+    def __init__(self, editor: Editor, options: EvalOptions = EvalOptions()):
+        self.editor, self.options = editor, options
+
+    def prepare(self) -> None:
+        self.editor.prepare()
+
+    def records(self, cases: list[Case]) -> Iterator[dict]:
+        for case in cases:
+            seed_case(self.options.seed, case.case_id)
+            yield evaluate_case(self.editor, case, self.options.robustness)
+
+
+def run_evaluation(editor: Editor | Evaluator, cases: list[Case], out_dir: Path, run: RunInfo, *,
+                   resume: bool = False, show_progress: bool = True,
+                   robustness: RobustnessConfig | None = None) -> dict:
+    """Evaluate the cases not yet in ``out_dir/records.jsonl`` and write the summary files.
+
+    ``editor`` is an `Editor` (evaluated here, seeded from ``run.seed``, with ``robustness``) or
+    any `Evaluator`, e.g. Ray workers."""
+    evaluator = editor if hasattr(editor, "records") else LocalEvaluator(editor, EvalOptions(robustness, run.seed))
     out_dir = Path(out_dir)
     records_path = out_dir / "records.jsonl"
     if records_path.exists() and not resume:
@@ -115,11 +165,11 @@ def run_evaluation(editor: Editor, cases: list[Case], out_dir: Path, run: RunInf
     if done:
         log.info("resuming: %d cases done, %d to go", len(done), len(todo))
     t0 = time.perf_counter()
-    editor.prepare()
+    evaluator.prepare()
     prepare_s = time.perf_counter() - t0
     with open(records_path, "a", encoding="utf-8") as f:
-        for case in progress(todo, desc=f"evaluating {run.editor}"):
-            record = evaluate_case(editor, case, robustness)
+        for record in progress(evaluator.records(todo), desc=f"evaluating {run.editor}", total=len(todo),
+                               disable=not show_progress):
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())

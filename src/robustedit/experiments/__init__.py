@@ -19,7 +19,7 @@ EXPERIMENTS: Registry[Experiment] = Registry("experiment")
 
 
 def _register_all() -> None:
-    from robustedit.experiments import rep_table, sequential, sss_table  # noqa: F401  (they register themselves)
+    from robustedit.experiments import rep_table, sequential, sss_study, sss_table  # noqa: F401  (they register themselves)
 
 
 _register_all()
