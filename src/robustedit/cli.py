@@ -119,6 +119,7 @@ def evaluate(
     save_edits: bool = typer.Option(True, "--save-edits/--no-save-edits", help="with --sequential: keep the edited weights in OUT/edits"),
     robustness: Optional[bool] = typer.Option(None, "--robustness/--no-robustness", help="score the REP paper's robustness probes: rephrased and shuffled subject, long context (default: on when the dataset has subject rephrasings)"),
     known_only: bool = typer.Option(False, "--known-only", help="keep only the cases whose true target the unedited model predicts top-1 (REP paper's filter; applied before --limit)"),
+    generation: bool = typer.Option(False, "--generation/--no-generation", help="also generate text about each subject (CounterFact's generation prompts) and score ROME's fluency and consistency (slow: ~100 tokens × 20 prompts per case)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="shard the cases over N Ray workers, each loading the model once (pip install 'robustedit[ray]')"),
     address: Optional[str] = typer.Option(None, "--address", help="with --workers: an existing Ray cluster (host:port or auto; default: a local Ray started on demand)"),
     worker_threads: int = typer.Option(1, "--worker-threads", help="with --workers: torch threads (and Ray CPUs) per worker"),
@@ -139,8 +140,8 @@ def evaluate(
     if out is not None and (out / "records.jsonl").exists() and not resume:
         raise UserError(f"{out} already holds results; pass --resume to continue it or choose another --out")
     plan = _sequential_plan(sequential, batch_size, checkpoints, resume, limit)
-    if plan is not None and (robustness or known_only or workers):
-        raise UserError("--robustness, --known-only and --workers apply to case-by-case runs, not to --sequential")
+    if plan is not None and (robustness or known_only or workers or generation):
+        raise UserError("--robustness, --known-only, --generation and --workers apply to case-by-case runs, not to --sequential")
     if workers is not None and (workers < 1 or worker_threads < 1):
         raise UserError("--workers and --worker-threads must be at least 1")
     if workers is None and (address is not None or worker_threads != 1):
@@ -153,6 +154,14 @@ def evaluate(
     out = out or Path("runs") / f"{editor}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     rob = RobustnessConfig() if robustness else None
     extra: dict = {"robustness": asdict(rob)} if rob is not None else {}
+    gen = None
+    if generation:
+        from robustedit.eval.generation import GenerationConfig
+
+        gen = GenerationConfig(seed=seed)
+        extra["generation"] = asdict(gen)
+        if not any(c.generation_prompts for c in cases):
+            raise UserError(f"--generation needs generation prompts, which {dataset} does not have (CounterFact's original schema does)")
     command = "robustedit " + shlex.join(sys.argv[1:])
     lm = _setup(model, dtype, device, seed) if workers is None or known_only else None
     if known_only:
@@ -175,13 +184,15 @@ def evaluate(
                           str(Path(config).resolve()) if config else None, tuple(set_ or ()), dtype, device, seed)
         extra["workers"] = {"n": workers, "threads": worker_threads, "address": address}
         run = RunInfo(editor=editor, model=model, dataset=dataset, config=asdict(econfig), seed=seed, command=command, extra=extra)
-        with RayEvaluator(spec, EvalOptions(rob, seed), workers, address=address, threads=worker_threads) as evaluator:
+        with RayEvaluator(spec, EvalOptions(rob, seed, gen), workers, address=address, threads=worker_threads) as evaluator:
             summary = run_evaluation(evaluator, cases, out, run, resume=resume)
     else:
         ed, cfg = _build(cls, econfig, lm)
         run = RunInfo(editor=editor, model=lm.name, dataset=dataset, config=cfg, seed=seed, command=command, extra=extra)
         if plan is None:
-            summary = run_evaluation(ed, cases, out, run, resume=resume, robustness=rob)
+            from robustedit.eval.runner import EvalOptions, LocalEvaluator
+
+            summary = run_evaluation(LocalEvaluator(ed, EvalOptions(rob, seed, gen)), cases, out, run, resume=resume)
         else:
             from robustedit.eval.sequential import run_sequential
 

@@ -39,7 +39,8 @@ def write_json(tmp_path, data, name="cases.json"):
 # --- bundled files ------------------------------------------------------------------------------
 
 def test_bundled_names():
-    assert dataset_names() == ["counterfact", "counterfact-val", "rep-valid", "zsre-knowedit", "zsre-rephrase", "zsre-train"]
+    assert dataset_names() == ["counterfact", "counterfact-hard", "counterfact-val", "rep-valid", "reverse-relation",
+                               "wiki-counterfact", "wiki-recent", "zsre-knowedit", "zsre-rephrase", "zsre-train"]
     assert [c.case_id for c in load_cases("rep_valid", limit=3)] == [c.case_id for c in load_cases("rep-valid", limit=3)]
 
 

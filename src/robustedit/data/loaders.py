@@ -45,10 +45,21 @@ _bundle("counterfact-val", "counterfact_val.json",
 _bundle("zsre-rephrase", "zsre_subject_rephrases.json",
         "340 zsRE cases with subject rephrasings (REP paper)", aliases=("zsre_rephrase", "zsre"))
 # zsRE's test edits as EasyEdit and the SSS paper score them: a rephrase and two locality prompts each.
-_bundle("zsre-knowedit", "zsre_portability.json", "643 zsRE test edits, KnowEdit schema (rephrase, locality)",
-        aliases=("zsre_portability",))
+_bundle("zsre-knowedit", "zsre_portability.json",
+        "643 zsRE test edits, KnowEdit schema (rephrase, locality, portability)", aliases=("zsre_portability",))
 # Training data of MEND / SERAC, and the held-out pool on which training-based editors' settings are chosen.
 _bundle("zsre-train", "zsre_mend_train_1k.json", "1,000 zsRE training edits, MEND schema", aliases=("zsre_train",))
+# Portability and fine-grained locality (Case.labeled); see the README next to the files for what each holds.
+_bundle("counterfact-hard", "counterfact_hard.json",
+        "454 CounterFact edits as questions, same-subject questions without answers (EREN)",
+        aliases=("counterfact_hard",))
+_bundle("wiki-counterfact", "wiki_counterfact.json",
+        "1,428 KnowEdit WikiData-counterfact edits (alias, one-hop, logical portability; locality)",
+        aliases=("wiki_counterfact",))
+_bundle("wiki-recent", "wiki_recent.json", "570 KnowEdit WikiData-recent edits (new facts: no old answer)",
+        aliases=("wiki_recent",))
+_bundle("reverse-relation", "reverse_relation.json",
+        "1,286 edits whose reverse relation is the portability test (ConflictEdit)", aliases=("reverse_relation",))
 
 
 def dataset_names() -> list[str]:

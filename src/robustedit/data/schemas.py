@@ -3,7 +3,9 @@
 Each file format (CounterFact's original schema, the robustness schema of the REP paper, zsRE in
 MEND's schema, ...) is a `CaseFormat`: the fields it requires and a function record → Case. The
 format of a file is detected from the fields of its first record, so that users can pass any
-JSON file without naming its format; a new schema is one more `FORMATS.register(...)`.
+JSON file without naming its format; a new schema is one more `register_format(...)`. The small
+formats are here; those with nested test groups have their own module (knowedit.py,
+counterfact_hard.py, reverse_relation.py), imported by ``robustedit.data`` to register them.
 
 Records are kept as the file has them (no deduplication, no filtering of prompts): published
 numbers were computed on these exact lists. Only types are normalised (str → 1-tuple, null → ()).
@@ -22,6 +24,28 @@ from robustedit.request import EditRequest
 logger = logging.getLogger(__name__)
 
 
+# Groups of labelled prompts (`Case.labeled`): each prompt comes with its own answer.
+PORTABILITY_ALIAS = "portability_alias"  # the subject replaced by an alias; answer: target_new
+PORTABILITY_REVERSE = "portability_reverse"  # the reversed relation asked about target_new; answer: the subject
+PORTABILITY_ONE_HOP = "portability_one_hop"  # a question that needs the edited fact (one-hop reasoning)
+PORTABILITY_LOGICAL = "portability_logical"  # KnowEdit's Logical_Generalization
+UNRELATED_ATTRIBUTES = "unrelated_attributes"  # other facts about the same subject: must not change
+FORGETFULNESS = "forgetfulness"  # KnowEdit: other objects of the same subject and relation: must not change
+LABELED_GROUPS = (PORTABILITY_ALIAS, PORTABILITY_REVERSE, PORTABILITY_ONE_HOP, PORTABILITY_LOGICAL,
+                  UNRELATED_ATTRIBUTES, FORGETFULNESS)
+
+
+@dataclass(frozen=True)
+class LabeledPrompt:
+    """A test prompt with its own answer. ``answer`` is None when the data has no trustworthy
+    answer for it (CounterFact-Hard's same-subject questions): a "must not change" metric then
+    compares the model's top-1 next token before and after the edit instead."""
+
+    group: str
+    prompt: str
+    answer: str | None
+
+
 @dataclass(frozen=True)
 class Case:
     """One edit and the prompts that test it.
@@ -30,6 +54,8 @@ class Case:
     ``neighborhood_prompts`` with ``neighborhood_answer`` before and after it (the edit must not
     leak). ``attribute_prompts`` are other subjects whose true object is ``target_new``;
     ``subject_rephrases`` are other names of the subject (REP paper's robustness tests).
+    ``labeled`` are prompts with their own answers, grouped by test (``LABELED_GROUPS``):
+    portability (the edit should carry over) and unrelated attributes (nothing should change).
     """
 
     case_id: str
@@ -40,6 +66,7 @@ class Case:
     attribute_prompts: tuple[str, ...] = ()
     generation_prompts: tuple[str, ...] = ()
     subject_rephrases: tuple[str, ...] = ()
+    labeled: tuple[LabeledPrompt, ...] = ()
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -50,6 +77,14 @@ class Case:
             if isinstance(value, str):  # tuple("abc") would silently give three prompts
                 raise TypeError(f"Case.{name} must be a sequence of strings, not one string")
             object.__setattr__(self, name, tuple(value))
+        object.__setattr__(self, "labeled", tuple(self.labeled))
+        for item in self.labeled:
+            if item.group not in LABELED_GROUPS:
+                raise ValueError(f"unknown labeled-prompt group {item.group!r}; known: {LABELED_GROUPS}")
+
+    def group(self, name: str) -> tuple[LabeledPrompt, ...]:
+        """The labelled prompts of one group (``LABELED_GROUPS``)."""
+        return tuple(item for item in self.labeled if item.group == name)
 
 
 class BadRecord(ValueError):
@@ -78,7 +113,8 @@ def register_format(fmt: CaseFormat) -> CaseFormat:
     return FORMATS.register(fmt.name, fmt)
 
 
-# --- small checked accessors: a malformed record becomes BadRecord, never KeyError/TypeError ---
+# --- small checked accessors, shared by the format modules: a malformed record becomes BadRecord,
+# --- never KeyError/TypeError
 
 def json_type_name(value: Any) -> str:
     """How a JSON reader would name the type of ``value`` (for error messages)."""
@@ -87,7 +123,7 @@ def json_type_name(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _get(record: Mapping[str, Any], *path: str) -> Any:
+def field_value(record: Mapping[str, Any], *path: str) -> Any:
     value: Any = record
     for key in path:
         if not isinstance(value, Mapping) or key not in value:
@@ -96,16 +132,16 @@ def _get(record: Mapping[str, Any], *path: str) -> Any:
     return value
 
 
-def _text(record: Mapping[str, Any], *path: str) -> str:
-    value = _get(record, *path)
+def text_field(record: Mapping[str, Any], *path: str) -> str:
+    value = field_value(record, *path)
     if not isinstance(value, str):
         raise BadRecord(f"field {'.'.join(path)!r} should be a string, not {json_type_name(value)}")
     return value
 
 
-def _texts(record: Mapping[str, Any], *path: str) -> tuple[str, ...]:
+def texts_field(record: Mapping[str, Any], *path: str) -> tuple[str, ...]:
     """A list of strings, a single string, or null (→ empty)."""
-    value = _get(record, *path)
+    value = field_value(record, *path)
     if value is None:
         return ()
     if isinstance(value, str):
@@ -115,28 +151,43 @@ def _texts(record: Mapping[str, Any], *path: str) -> tuple[str, ...]:
     raise BadRecord(f"field {'.'.join(path)!r} should be a list of strings, a string or null")
 
 
-def _case_id(record: Mapping[str, Any], default_id: str) -> str:
-    value = record.get("case_id")
+def case_id_of(record: Mapping[str, Any], default_id: str, key: str = "case_id") -> str:
+    value = record.get(key)
     return default_id if value is None else str(value)
+
+
+def neighbours_sharing_first_answer(pairs: Sequence[tuple[str, str]]) -> tuple[tuple[str, ...], str | None]:
+    """The prompts of (prompt, answer) pairs whose answer is the first pair's, and that answer.
+
+    A Case has one neighbourhood answer, while some schemas give each neighbour its own; keeping
+    the neighbours that share the first answer keeps the Case's neighbourhood test exact.
+    Answers are compared stripped (targets carry no space); a pair with an empty answer cannot
+    be scored and is left out.
+    """
+    answered = [(prompt, a.strip()) for prompt, a in pairs if a.strip()]
+    if not answered:
+        return (), None
+    answer = answered[0][1]
+    return tuple(prompt for prompt, a in answered if a == answer), answer
 
 
 # --- the formats -------------------------------------------------------------------------------
 
 def _parse_counterfact(record: Mapping[str, Any], default_id: str) -> Case:
     request = EditRequest(
-        prompt=_text(record, "requested_rewrite", "prompt"),
-        subject=_text(record, "requested_rewrite", "subject"),
-        target_new=_text(record, "requested_rewrite", "target_new", "str"),
-        target_true=_text(record, "requested_rewrite", "target_true", "str"),
+        prompt=text_field(record, "requested_rewrite", "prompt"),
+        subject=text_field(record, "requested_rewrite", "subject"),
+        target_new=text_field(record, "requested_rewrite", "target_new", "str"),
+        target_true=text_field(record, "requested_rewrite", "target_true", "str"),
     )
     return Case(
-        case_id=_case_id(record, default_id),
+        case_id=case_id_of(record, default_id),
         request=request,
-        paraphrase_prompts=_texts(record, "paraphrase_prompts"),
-        neighborhood_prompts=_texts(record, "neighborhood_prompts"),
+        paraphrase_prompts=texts_field(record, "paraphrase_prompts"),
+        neighborhood_prompts=texts_field(record, "neighborhood_prompts"),
         neighborhood_answer=request.target_true,
-        attribute_prompts=_texts(record, "attribute_prompts"),
-        generation_prompts=_texts(record, "generation_prompts"),
+        attribute_prompts=texts_field(record, "attribute_prompts"),
+        generation_prompts=texts_field(record, "generation_prompts"),
         source="counterfact",
     )
 
@@ -144,19 +195,19 @@ def _parse_counterfact(record: Mapping[str, Any], default_id: str) -> Case:
 def _parse_robustness(record: Mapping[str, Any], default_id: str, *, true_key: str = "target_true",
                       source: str = "robustness") -> Case:
     request = EditRequest.from_filled_prompt(
-        _text(record, "prompt"), _text(record, "subject"),
-        _text(record, "target_new"), _text(record, true_key),
+        text_field(record, "prompt"), text_field(record, "subject"),
+        text_field(record, "target_new"), text_field(record, true_key),
     )
-    answer = _get(record, "locality_ground_truth")
+    answer = field_value(record, "locality_ground_truth")
     if answer is not None and not isinstance(answer, str):
         raise BadRecord("field 'locality_ground_truth' should be a string or null")
     return Case(
-        case_id=_case_id(record, default_id),
+        case_id=case_id_of(record, default_id),
         request=request,
-        paraphrase_prompts=_texts(record, "rephrase_prompt"),
-        neighborhood_prompts=_texts(record, "locality_prompt"),
+        paraphrase_prompts=texts_field(record, "rephrase_prompt"),
+        neighborhood_prompts=texts_field(record, "locality_prompt"),
         neighborhood_answer=answer.strip() if answer else None,
-        subject_rephrases=_texts(record, "subject_rephrase") if "subject_rephrase" in record else (),
+        subject_rephrases=texts_field(record, "subject_rephrase") if "subject_rephrase" in record else (),
         source=source,
     )
 
@@ -167,17 +218,17 @@ def _parse_easyedit(record: Mapping[str, Any], default_id: str) -> Case:
 
 
 def _parse_zsre_mend(record: Mapping[str, Any], default_id: str) -> Case:
-    answers = _texts(record, "answers")  # the true answers; "pred" is the base model's guess
+    answers = texts_field(record, "answers")  # the true answers; "pred" is the base model's guess
     request = EditRequest.from_filled_prompt(
-        _text(record, "src"), _text(record, "subject"), _text(record, "alt"),
+        text_field(record, "src"), text_field(record, "subject"), text_field(record, "alt"),
         answers[0] if answers else None,
     )
     return Case(
-        case_id=_case_id(record, default_id),
+        case_id=case_id_of(record, default_id),
         request=request,
-        paraphrase_prompts=_texts(record, "rephrase"),
-        neighborhood_prompts=_texts(record, "loc"),
-        neighborhood_answer=_text(record, "loc_ans").strip() or None,
+        paraphrase_prompts=texts_field(record, "rephrase"),
+        neighborhood_prompts=texts_field(record, "loc"),
+        neighborhood_answer=text_field(record, "loc_ans").strip() or None,
         source="zsre-mend",
     )
 
@@ -208,49 +259,6 @@ register_format(CaseFormat(
                "locality_prompt", "locality_ground_truth"}),
     _parse_easyedit,
     "EasyEdit's flat schema (e.g. its CounterFact train/val release)",
-))
-
-
-def _first_text(value: Any, where: str) -> str:
-    """A string, or the first of a list of strings (KnowEdit writes answers either way)."""
-    if isinstance(value, list) and value and isinstance(value[0], str):
-        return value[0]
-    if isinstance(value, str):
-        return value
-    raise BadRecord(f"field {where!r} should be a string or a list of strings")
-
-
-def _parse_knowedit(record: Mapping[str, Any], default_id: str) -> Case:
-    """KnowEdit (Zhang et al. 2024). Its locality prompts each carry their own answer, and a Case
-    has one neighbour answer: the neighbours kept are the ``Relation_Specificity`` prompts that
-    share the first one's answer (in ``zsre_portability.json`` all of them: two phrasings of one
-    fact per case). Portability prompts are not read yet."""
-    request = EditRequest.from_filled_prompt(
-        _text(record, "prompt"), _text(record, "subject"), _text(record, "target_new"),
-        _first_text(record.get("ground_truth"), "ground_truth"),
-    )
-    locality = record.get("locality") or {}
-    entries = locality.get("Relation_Specificity") or [] if isinstance(locality, Mapping) else []
-    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
-        raise BadRecord("field 'locality.Relation_Specificity' should be a list of {prompt, ground_truth}")
-    answer = _first_text(entries[0].get("ground_truth"), "locality.ground_truth").strip() if entries else None
-    neighbours = tuple(e["prompt"] for e in entries if isinstance(e.get("prompt"), str)
-                       and _first_text(e.get("ground_truth"), "locality.ground_truth").strip() == answer)
-    return Case(
-        case_id=_case_id(record, default_id),
-        request=request,
-        paraphrase_prompts=_texts(record, "rephrase_prompt") if "rephrase_prompt" in record else (),
-        neighborhood_prompts=neighbours,
-        neighborhood_answer=answer or None,
-        source="knowedit",
-    )
-
-
-register_format(CaseFormat(
-    "knowedit",
-    frozenset({"prompt", "subject", "target_new", "ground_truth", "locality"}),
-    _parse_knowedit,
-    "KnowEdit (zsre_portability.json, wiki_counterfact.json; Zhang et al. 2024)",
 ))
 
 

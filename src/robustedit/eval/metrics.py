@@ -140,6 +140,18 @@ _register_portability("portability_one_hop", "a one-hop question through the edi
 _register_portability("portability_logical", "KnowEdit's Logical_Generalization prompts: token accuracy of their answers")
 
 
+@metric("generation_entropy", "ROME's fluency: weighted bi-/tri-gram entropy of texts generated about the subject")
+def _generation_entropy(pre: Scores, post: Scores):
+    g = post.get("generation")
+    return g.entropy if g is not None else None
+
+
+@metric("reference_consistency", "ROME's consistency: TF-IDF cosine of those texts with the unedited model's texts about target_new")
+def _reference_consistency(pre: Scores, post: Scores):
+    g = post.get("generation")
+    return g.consistency if g is not None else None
+
+
 def _top1_share(scores: list[TargetScore]) -> float | None:
     return mean(float(s.first_top1) for s in scores) if scores else None
 

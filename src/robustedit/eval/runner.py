@@ -25,6 +25,7 @@ from typing import Iterator, Protocol
 from robustedit.data import Case
 from robustedit.editors.base import Editor, applied
 from robustedit.errors import UserError
+from robustedit.eval.generation import GenerationConfig
 from robustedit.eval.metrics import case_metrics, pre_edit_facts, score_case
 from robustedit.eval.report import write_summary
 from robustedit.eval.robustness import RobustnessConfig, case_rng, in_domain, robustness_probes
@@ -74,6 +75,7 @@ class EvalOptions:
 
     robustness: RobustnessConfig | None = None
     seed: int = 0
+    generation: GenerationConfig | None = None  # ROME's fluency and consistency (eval.generation); slow
 
 
 def seed_case(seed: int, case_id: str) -> None:
@@ -83,14 +85,18 @@ def seed_case(seed: int, case_id: str) -> None:
     seed_everything(case_rng(seed, case_id, "evaluate").getrandbits(32))
 
 
-def evaluate_case(editor: Editor, case: Case, robustness: RobustnessConfig | None = None) -> dict:
-    """Score ``case`` before and after its edit; with ``robustness``, its robustness probes too
-    (``eval.robustness``)."""
-    lm = editor.lm
+def evaluate_case(editor: Editor, case: Case, options: EvalOptions | RobustnessConfig | None = None) -> dict:
+    """Score ``case`` before and after its edit; with ``options.robustness``, its robustness probes
+    too (``eval.robustness``); with ``options.generation``, texts generated about the subject."""
+    if not isinstance(options, EvalOptions):  # a bare RobustnessConfig (or None), as before
+        options = EvalOptions(robustness=options)
+    lm, robustness = editor.lm, options.robustness
     probes = robustness_probes(case, lm.tokenizer, robustness) if robustness else None
     t0 = time.perf_counter()
     pre = score_case(lm, case, probes)
     t1 = time.perf_counter()
+    references = _references(lm, case, options.generation)
+    t_ref = time.perf_counter()
     request = case.request
     if probes is not None and getattr(editor, "wants_in_domain", False):  # REP trains on their keys
         request = dataclasses.replace(request, in_domain=in_domain(probes))
@@ -98,10 +104,38 @@ def evaluate_case(editor: Editor, case: Case, robustness: RobustnessConfig | Non
     t2 = time.perf_counter()
     with applied(lm, delta):
         post = score_case(lm, case, probes)
-    t3 = time.perf_counter()
+        t3 = time.perf_counter()
+        generated = _generate(lm, case, options.generation, references)
+    t4 = time.perf_counter()
     info = dict(delta.info)
-    timing = {"edit_s": t2 - t1, "eval_s": (t1 - t0) + (t3 - t2), **info.pop("timing", {})}
-    return case_record(case, pre, post, info, timing)
+    timing = {"edit_s": t2 - t_ref, "eval_s": (t1 - t0) + (t3 - t2), **info.pop("timing", {})}
+    if options.generation is not None:
+        timing["generation_s"] = (t_ref - t1) + (t4 - t3)
+    if generated is not None:
+        post["generation"] = generated["scores"]
+    record = case_record(case, pre, post, info, timing)
+    if generated is not None:
+        record["generation"] = generated["texts"]
+    return record
+
+
+def _references(lm, case: Case, config: GenerationConfig | None):
+    """The unedited model's reference texts about target_new (``eval.generation``), or None."""
+    from robustedit.eval.generation import reference_texts
+
+    return reference_texts(lm, case, config) if config is not None and case.generation_prompts else None
+
+
+def _generate(lm, case: Case, config: GenerationConfig | None, references: list[str] | None) -> dict | None:
+    """Texts the edited model writes about the subject and their scores (``eval.metrics``)."""
+    from robustedit.eval.generation import GenerationScores, consistency_score, generation_scores
+
+    result = generation_scores(lm, case, config) if config is not None else None
+    if result is None:
+        return None
+    consistency = consistency_score(result["texts"], references) if references else None
+    return {"scores": GenerationScores(result["entropy"], consistency),
+            "texts": {"texts": result["texts"], "reference_texts": references or []}}
 
 
 def case_record(case: Case, pre, post, edit: dict, timing: dict) -> dict:
@@ -141,7 +175,7 @@ class LocalEvaluator:
     def records(self, cases: list[Case]) -> Iterator[dict]:
         for case in cases:
             seed_case(self.options.seed, case.case_id)
-            yield evaluate_case(self.editor, case, self.options.robustness)
+            yield evaluate_case(self.editor, case, self.options)
 
 
 def run_evaluation(editor: Editor | Evaluator, cases: list[Case], out_dir: Path, run: RunInfo, *,
