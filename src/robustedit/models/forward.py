@@ -36,3 +36,11 @@ def position_logits(lm: LanguageModel, batch: Batch, rows: torch.Tensor, cols: t
         out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         return out.logits[rows, cols]
     return logits_at(lm, hidden_states(lm, batch), rows, cols)
+
+
+def packed_hidden_states(lm: LanguageModel, input_ids: torch.Tensor, mask: torch.Tensor,
+                         position_ids: torch.Tensor) -> torch.Tensor:
+    """Final hidden states ``(B, T, d)`` of packed rows (``models.packing``): a custom 4D additive
+    mask and explicit positions, which every supported architecture's base model accepts."""
+    out = lm.base(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
