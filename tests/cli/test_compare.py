@@ -60,3 +60,10 @@ def test_worker_options_are_checked_before_anything_loads(cli, tmp_path):
     assert_user_error(cli(*base, "--workers", "0"), "at least 1")
     assert_user_error(cli(*base, "--workers", "2", "--sequential", "5"), "--sequential")
     assert not (tmp_path / "o").exists()
+
+
+def test_the_study_experiments_check_their_options_first(cli, tmp_path):
+    for name in ("sss-locality", "sss-portability"):
+        assert_user_error(cli("reproduce", name, "--only", "rome,nonsense", "--out", tmp_path / "o"), "nonsense")
+        assert_user_error(cli("reproduce", name, "--dataset", "counterfact", "--out", tmp_path / "o"), "--dataset")
+    assert not (tmp_path / "o").exists()

@@ -96,7 +96,7 @@ def available_editors(lm, names: list[str], sets: list[str]) -> tuple[list[str],
     ok, skipped = [], {}
     for name in names:
         try:
-            make_editor(name, lm, sets=[s for s in sets if not s.startswith("checkpoint=") or "+" not in name])
+            make_editor(name, lm, sets=sets)
             ok.append(name)
         except UserError as e:
             skipped[name] = str(e)
