@@ -185,7 +185,12 @@ def run_evaluation(editor: Editor | Evaluator, cases: list[Case], out_dir: Path,
 
     ``editor`` is an `Editor` (evaluated here, seeded from ``run.seed``, with ``robustness``) or
     any `Evaluator`, e.g. Ray workers."""
-    evaluator = editor if hasattr(editor, "records") else LocalEvaluator(editor, EvalOptions(robustness, run.seed))
+    if hasattr(editor, "records"):
+        if robustness is not None:  # an Evaluator carries its own options
+            raise ValueError("pass robustness in the evaluator's EvalOptions, not to run_evaluation")
+        evaluator = editor
+    else:
+        evaluator = LocalEvaluator(editor, EvalOptions(robustness, run.seed))
     out_dir = Path(out_dir)
     records_path = out_dir / "records.jsonl"
     if records_path.exists() and not resume:
