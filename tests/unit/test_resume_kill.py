@@ -64,3 +64,16 @@ def test_a_killed_run_resumes_without_loss_or_duplicates(tiny_model_dir, tmp_pat
     assert _without_timing(resumed) == _without_timing(read_records(full / "records.jsonl"))
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["n_cases"] == N_CASES
+
+
+def test_the_command_line_shards_over_workers_with_the_same_records(tiny_model_dir, tmp_path, env):
+    pytest.importorskip("ray")
+    data = _dataset(tmp_path / "cases.json")
+    subprocess.run(_command(tiny_model_dir, data, tmp_path / "local"), env=env, check=True, capture_output=True)
+    sharded = subprocess.run(_command(tiny_model_dir, data, tmp_path / "sharded", "--workers", "2"), env=env,
+                             capture_output=True, text=True)
+    assert sharded.returncode == 0, sharded.stderr[-2000:]
+    records = read_records(tmp_path / "sharded" / "records.jsonl")
+    assert _without_timing(records) == _without_timing(read_records(tmp_path / "local" / "records.jsonl"))
+    summary = json.loads((tmp_path / "sharded" / "summary.json").read_text())
+    assert summary["workers"]["n"] == 2 and summary["n_cases"] == N_CASES
