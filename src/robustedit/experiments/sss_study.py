@@ -144,7 +144,7 @@ def plot_study(study: Study, result: dict, path: Path) -> Path:
         ys = [100 * result["runs"][e].get(r.dataset, {}).get("metrics", {}).get(r.metric, float("nan")) for r in study.rows]
         ax.bar([x + i * width for x in range(len(study.rows))], ys, width, label=e)
     ax.set_xticks([x + width * (len(editors) - 1) / 2 for x in range(len(study.rows))],
-                  [r.label.replace(": ", "\n") for r in study.rows], fontsize=7)
+                  [r.label.replace(": ", "\n").replace(" (", "\n(") for r in study.rows], fontsize=7)
     ax.set_ylabel("%")
     ax.set_title(f"SSS {study.name} study ({result['model']})", fontsize=9)
     ax.legend(fontsize=7, ncol=4)
