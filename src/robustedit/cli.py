@@ -357,21 +357,12 @@ def compare(
     out: Optional[Path] = typer.Option(None, "--out", help="folder for compare.{json,md,png} (default runs/compare-<time>)"),
 ) -> None:
     """One table across finished runs (best value per metric in bold) and a bar chart."""
-    from robustedit.eval.compare import best_values, comparison, load_runs, metric_columns, write_comparison
+    from robustedit.eval.compare import comparison, comparison_view, load_runs, metric_columns, write_comparison
 
     loaded = load_runs(runs)
     wanted = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     table = comparison(loaded, metric_columns(loaded, wanted))
-    best = best_values(table["runs"], table["columns"])
-    view = Table(title=f"{len(loaded)} runs (best of each metric in bold)")  # metrics as rows: runs are fewer
-    view.add_column("metric", no_wrap=True)
-    for r in table["runs"]:
-        view.add_column(f"{r['label']}\n{r['n_cases']} cases", justify="right")
-    for c in table["columns"]:
-        cells = ["–" if (v := r["metrics"][c]) is None else (f"[bold]{v:.3f}[/bold]" if v == best.get(c) and len(loaded) > 1
-                 else f"{v:.3f}") for r in table["runs"]]
-        view.add_row(c, *cells)
-    console.print(view)
+    console.print(comparison_view(table))
     out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     write_comparison(table, out)
     console.print(f"wrote {out}/compare.json, compare.md, compare.png")

@@ -87,6 +87,22 @@ def comparison_markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def comparison_view(table: dict):
+    """The table for a terminal: metrics as rows (runs are fewer), the best of each in bold."""
+    from rich.table import Table
+
+    runs, best = table["runs"], best_values(table["runs"], table["columns"])
+    view = Table(title=f"{len(runs)} runs (best of each metric in bold)")
+    view.add_column("metric", no_wrap=True)
+    for r in runs:
+        view.add_column(f"{r['label']}\n{r['n_cases']} cases", justify="right")
+    for c in table["columns"]:
+        cells = ["–" if (v := r["metrics"][c]) is None else (f"[bold]{v:.3f}[/bold]" if v == best.get(c) and len(runs) > 1
+                 else f"{v:.3f}") for r in runs]
+        view.add_row(c, *cells)
+    return view
+
+
 def plot_comparison(table: dict, path: Path) -> Path:
     from robustedit.analysis.key_plots import _figure, _save
 
