@@ -187,6 +187,8 @@ def test_unknown_fields_name_expected_ones(tmp_path):
     for name in FORMATS:
         assert f"{name} expects" in message
     assert "requested_rewrite" in message and "locality_ground_truth" in message
+    for field in ("edit_scope_true_ans", "unrelated_true_ans", "triples", "locality"):  # the newer formats too
+        assert f"'{field}'" in message
 
 
 def test_mixed_records_are_an_error(tmp_path):

@@ -85,11 +85,9 @@ def seed_case(seed: int, case_id: str) -> None:
     seed_everything(case_rng(seed, case_id, "evaluate").getrandbits(32))
 
 
-def evaluate_case(editor: Editor, case: Case, options: EvalOptions | RobustnessConfig | None = None) -> dict:
+def evaluate_case(editor: Editor, case: Case, options: EvalOptions = EvalOptions()) -> dict:
     """Score ``case`` before and after its edit; with ``options.robustness``, its robustness probes
     too (``eval.robustness``); with ``options.generation``, texts generated about the subject."""
-    if not isinstance(options, EvalOptions):  # a bare RobustnessConfig (or None), as before
-        options = EvalOptions(robustness=options)
     lm, robustness = editor.lm, options.robustness
     probes = robustness_probes(case, lm.tokenizer, robustness) if robustness else None
     t0 = time.perf_counter()
