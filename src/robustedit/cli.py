@@ -78,6 +78,7 @@ def edit(
     target_true: Optional[str] = typer.Option(None, "--target-true", help="the current object (optional)"),
     save: Optional[Path] = typer.Option(None, "--save", help="write the edit to this folder (re-applicable, undoable)"),
     top_k: int = typer.Option(5, "--top-k", help="predictions to show"),
+    rephrase: Optional[List[str]] = typer.Option(None, "--rephrase", help="another name of the subject (repeatable): REP (rome+rep, memit+rep) trains its adaptor on it, beside generated token shuffles and long contexts"),
     model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
@@ -89,8 +90,14 @@ def edit(
     if save is not None and save.exists():
         raise UserError(f"{save} already exists; choose another --save folder")
     cls, econfig = _resolve(editor, model, config, set_)
+    if rephrase and not getattr(cls, "wants_in_domain", False):
+        raise UserError(f"--rephrase trains REP's adaptor; {editor} has none (use rome+rep or memit+rep)")
     lm = _setup(model, dtype, device, seed)
     ed, cfg = _build(cls, econfig, lm)
+    if getattr(cls, "wants_in_domain", False):
+        from robustedit.editors.rep import user_probes
+
+        request = user_probes(request, rephrase or [], lm.tokenizer, econfig.rep.robustness)
     before = _top_tokens(lm, request.text, top_k)
     t0 = time.perf_counter()
     delta = ed.edit([request])
@@ -98,6 +105,10 @@ def edit(
     with applied(lm, delta):
         after = _top_tokens(lm, request.text, top_k)
     console.print(_top_table(lm, request.text, before, after))
+    for layer, fit in delta.info.get("rep", {}).items():
+        kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in fit.get("kinds", {}).items())
+        console.print(f"REP adaptor at layer {layer}: trained on {fit['n_keys']} subject keys ({kinds}); "
+                      f"its gate opens (≥ τ) on {100 * fit['gate_open_share']:.0f}% of them")
     console.print(f"edit took {seconds:.1f} s ({editor}, {lm.name})")
     if save is not None:
         from robustedit.editors.store import save_edit

@@ -14,6 +14,9 @@ class Probe:
 
     template: str
     subject: str
+    # What perturbation made it ("rephrase_subject", "shuffle_subject", "long_context"; "" if
+    # unknown): an adaptor reports which kinds it trained on. Not part of the probe's identity.
+    kind: str = field(default="", compare=False)
 
     @property
     def text(self) -> str:

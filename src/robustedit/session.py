@@ -2,6 +2,8 @@
 
 Configuration layers, later wins: the editor's dataclass defaults → the shipped file
 ``resources/configs/<editor>/<model>.yaml`` (if any) → ``--config FILE`` → ``--set key=value``.
+``--config`` also takes the name of a bundled preset (``resources/configs/presets/<name>.yaml``,
+e.g. ``rep-paper``: REP with the paper's exact settings), which overrides the shipped file.
 """
 
 from __future__ import annotations
@@ -35,11 +37,29 @@ def shipped_config(editor: str, model: str) -> dict:
     return merge(settings, read_yaml(path)) if path.is_file() else settings
 
 
+def preset_names() -> list[str]:
+    """The bundled presets ``--config`` accepts by name."""
+    return sorted(p.stem for p in resource("configs", "presets").glob("*.yaml"))
+
+
+def config_path(config_file: str) -> Path:
+    """A ``--config`` value as a file: the file itself, or a bundled preset of that name."""
+    path = Path(config_file).expanduser()
+    if path.is_file() or Path(config_file).suffix in (".yaml", ".yml") or "/" in config_file:
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist")
+        return path
+    if config_file in preset_names():
+        return resource("configs", "presets", f"{config_file}.yaml")
+    raise UserError(f"--config {config_file!r} is neither a YAML file nor a bundled preset "
+                    f"({', '.join(preset_names())})")
+
+
 def editor_settings(editor: str, model: str, config_file: str | None, sets: list[str]) -> dict:
     """The override mapping for ``editor`` (validated against its config class by the caller)."""
     settings = shipped_config(editor, model)
     if config_file:
-        settings = merge(settings, read_yaml(config_file))
+        settings = merge(settings, read_yaml(config_path(config_file)))
     return merge(settings, parse_overrides(sets))
 
 

@@ -122,8 +122,11 @@ def test_edit_refuses_an_existing_save_folder_and_leaves_it_alone(cli, tmp_path,
     ("--config", "missing.yaml"),
     ("--editor", "ft-l+sss", "--set", "sss.coefficient=2"),
     ("--editor", "ft-l+sss", "--set", "sss.wrt=logits"),
+    ("--editor", "rome", "--rephrase", "Mlle Darrieux"),
+    ("--editor", "rome+rep", "--config", "rep-papers"),
+    ("--editor", "rome+rep", "--set", "rep.variant=code"),
 ], ids=["unknown-editor", "unknown-addon", "unknown-key", "wrong-type", "missing-config", "sss-c-out-of-range",
-        "sss-wrt-unknown"])
+        "sss-wrt-unknown", "rephrase-without-rep", "unknown-preset", "unknown-rep-variant"])
 def test_edit_checks_editor_and_config_before_loading_the_model(cli, save_dir, extra):
     assert_user_error(cli(*_edit(*extra, "--save", save_dir)))
     assert not save_dir.exists()
@@ -307,7 +310,7 @@ def test_reproduce_sequential_errors_before_loading_the_model(cli, tmp_path, arg
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (("--only", "rome,romee"), ("romee", "memit+rep", "tau-sweep")),
+    (("--only", "rome,romee"), ("romee", "memit+rep", "rome+rep-paper", "tau-sweep")),
     (("--config", "x.yaml"), ("--set",)),
 ], ids=["unknown-variant", "config"])
 def test_reproduce_rep_table_errors_before_loading_the_model(cli, tmp_path, args, fragments):

@@ -160,8 +160,8 @@ def test_gated_rep_opens_only_on_the_subjects_perturbed_keys(smollm2):
 
     case = load_cases("rep-valid", limit=1)[0]
     probes = robustness_probes(case, smollm2.tokenizer, RobustnessConfig())
-    name, sets = row_editor("rome+rep-gated", [])
-    editor, _ = make_editor(name, smollm2, sets=sets)
+    name, preset, sets = row_editor("rome+rep-gated", [])
+    editor, _ = make_editor(name, smollm2, config_file=preset, sets=sets)
     before = top1(smollm2, list(case.neighborhood_prompts))
     delta = editor.edit([dataclasses.replace(case.request, in_domain=in_domain(probes))])
     rep = delta.info["rep"][str(editor.config.layer)]

@@ -39,13 +39,15 @@ def write_json(tmp_path, data, name="cases.json"):
 # --- bundled files ------------------------------------------------------------------------------
 
 def test_bundled_names():
-    assert dataset_names() == ["counterfact", "counterfact-hard", "counterfact-val", "rep-valid", "reverse-relation",
+    assert dataset_names() == ["counterfact", "counterfact-hard", "counterfact-val", "rep-test", "rep-valid",
+                               "reverse-relation",
                                "wiki-counterfact", "wiki-recent", "zsre-knowedit", "zsre-rephrase", "zsre-train"]
     assert [c.case_id for c in load_cases("rep_valid", limit=3)] == [c.case_id for c in load_cases("rep-valid", limit=3)]
 
 
 @pytest.mark.parametrize("name, source, count", [
     ("counterfact", "counterfact", 925), ("rep-valid", "robustness", 100), ("zsre-rephrase", "robustness", 340),
+    ("rep-test", "robustness", 224),
     ("counterfact-val", "easyedit", 1801),
     ("zsre-train", "zsre-mend", 998),  # two records have an empty new target (skipped, logged)
     ("zsre-knowedit", "knowedit", 643),

@@ -16,7 +16,7 @@ from robustedit.editors.base import applied, build_editor
 from robustedit.errors import UserError
 from robustedit.eval.metrics import case_metrics, score_case
 from robustedit.eval.robustness import RobustnessConfig, robustness_probes
-from robustedit.experiments.rep_table import table_markdown, tau_sweep, tau_sweep_markdown
+from robustedit.experiments.rep_table import row_statistics, table_markdown, tau_sweep, tau_sweep_markdown
 from robustedit.request import EditRequest
 
 STATS = {"n_tokens": 2048, "seq_len": 64, "batch_size": 8}
@@ -102,7 +102,20 @@ def test_tau_sweep_with_every_gate_closed_scores_the_rome_edit_alone(tiny_lm_fac
     assert "| ROME alone |" in md and "| 0.999999 |" in md
 
 
-def test_table_markdown_lists_rows_and_marks_missing_metrics():
-    md = table_markdown({"rome": {"n_cases": 3, "metrics": {"efficacy_top1": 1.0, "locality_top1": 0.5}}},
-                        "rep-valid", "tiny")
-    assert "| rome | 3 | 100.0 | 50.0 | – |" in md
+def _records(values: dict[str, list[float]]) -> list[dict]:
+    n = len(next(iter(values.values())))
+    return [{"case_id": str(i), "metrics": {m: v[i] for m, v in values.items()}} for i in range(n)]
+
+
+def test_table_markdown_gives_intervals_and_paired_differences_from_the_base_row():
+    records = {"rome": _records({"efficacy_top1": [1, 1, 0, 1], "locality_top1": [0.5, 0.5, 0.5, 0.5]}),
+               "rome+rep": _records({"efficacy_top1": [1, 1, 1, 1], "locality_top1": [0.5, 0.5, 0.5, 0.5],
+                                     "rephrase_subject_id": [0.2, 0.4, 0.6, 0.8]})}
+    results = {row: {"n_cases": 4, "metrics": {}} for row in records}
+    stats = row_statistics(records)
+    assert stats["rome+rep"]["compared_with"] == "rome" and stats["rome"]["differences"] == {}
+    assert stats["rome+rep"]["differences"]["efficacy_top1"]["mean"] == pytest.approx(0.25)
+    assert stats["rome+rep"]["differences"]["locality_top1"] == {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 4}
+    md = table_markdown(results, stats, "rep-test", "tiny")
+    assert "| rome | 4 | 75.0 [" in md and "| 50.0 [50.0, 50.0] | – |" in md  # no rephrasings for rome: a dash
+    assert "| rome+rep − rome | 4 | +25.0 [+0.0, +75.0] | +0.0 [+0.0, +0.0] | – |" in md

@@ -355,7 +355,7 @@ def test_bundled_reverse_relation_contents():
 
 
 @pytest.mark.parametrize("name, fmt", [
-    ("counterfact", "counterfact"), ("rep-valid", "robustness"), ("counterfact-val", "easyedit"),
+    ("counterfact", "counterfact"), ("rep-valid", "robustness"), ("rep-test", "robustness"), ("counterfact-val", "easyedit"),
     ("zsre-rephrase", "robustness"), ("zsre-knowedit", "knowedit"), ("zsre-train", "zsre-mend"),
     ("counterfact-hard", "counterfact-hard"), ("wiki-counterfact", "knowedit"), ("wiki-recent", "knowedit"),
     ("reverse-relation", "reverse-relation"),

@@ -13,7 +13,8 @@ from robustedit.editors import load_edit, save_edit, undo_saved
 from robustedit.editors.adaptors import AdaptorStack, KeyAdaptor, install, uninstall
 from robustedit.editors.base import Delta, applied, apply_delta, build_editor
 from robustedit.editors.keys import at_subjects, subject_and_other_states
-from robustedit.editors.rep import REPConfig, alignment_loss, train_adaptor
+from robustedit.editors.rep import REPConfig
+from robustedit.editors.rep_paper import alignment_loss, train_adaptor
 from robustedit.errors import UserError
 from robustedit.models.forward import hidden_states
 from robustedit.models.text import encode, pad, pad_id
@@ -114,7 +115,8 @@ def test_training_raises_the_whitened_similarity_of_the_keys():
     keys = torch.randn(12, 24, generator=g)
     targets = torch.randn(2, 24, generator=g) * 5
     owners = torch.tensor([0] * 6 + [1] * 6)
-    fit = train_adaptor(keys, owners, targets, REPConfig(steps=30, lr=1e-2, dropout=0.0, absolute=False))
+    fit = train_adaptor(keys, owners, targets, REPConfig(variant="paper", steps=30, lr=1e-2, dropout=0.0,
+                                                         absolute=False))
     assert fit.info["similarity_after"] > fit.info["similarity_before"] + 0.1
     assert fit.info["losses"][-1] < fit.info["losses"][0]
     assert not fit.adaptor.training  # returned in eval mode: dropout off, binary gate
@@ -128,23 +130,26 @@ def test_algorithm_1_literal_form_gives_the_gate_no_gradient():
     for residual in (False, True):
         torch.manual_seed(0)
         adaptor = KeyAdaptor(16, rank=4, dropout=0.0)
-        alignment_loss(adaptor, keys, goal, REPConfig(residual_in_training=residual)).backward()
+        alignment_loss(adaptor, keys, goal, REPConfig(variant="paper", residual_in_training=residual)).backward()
         gate = torch.cat([p.grad.flatten() for p in adaptor.gate.parameters()]).norm()
         proj = torch.cat([p.grad.flatten() for p in adaptor.proj.parameters()]).norm()
         assert (gate < 1e-5 * proj) == (not residual), (residual, gate, proj)
 
 
+@pytest.mark.parametrize("variant", ["reference", "paper"])
 @pytest.mark.parametrize("editor, config", [("rome+rep", ROME_CONFIG),
                                             ("memit+rep", {"layers": [0, 1], "stats": STATS, "mom2_update_weight": 10.0,
                                                            "context_template_length_params": [[3, 3]],
                                                            "v_num_grad_steps": 5})])
 def test_rep_editor_returns_the_base_delta_plus_trained_adaptors_and_saves_loads_undoes(
-        tiny_lm_factory, tmp_path, editor, config):
+        tiny_lm_factory, tmp_path, editor, config, variant):
     lm = tiny_lm_factory("llama")
     before, state = outputs(lm), state_copy(lm)
     # τ = 0.5: a tiny model's gate does not reach the paper's 0.9 in 20 steps (its mean stays near
-    # 0.65); the mechanism is what is tested here
-    ed = build_editor(editor, lm, {**config, "rep": {"steps": 20, "lr": 1e-2, "tau": 0.5}})
+    # 0.65), and on its near-identical keys the reference's anchor (5e4) shuts every gate; the
+    # mechanism is what is tested here
+    ed = build_editor(editor, lm, {**config, "rep": {"variant": variant, "steps": 20, "lr": 1e-2, "tau": 0.5,
+                                                     "anchor_weight": 1.0}})
     delta = ed.edit([REQUEST])
     assert same_state(lm, state) == [] and torch.equal(outputs(lm), before)  # edit() changes nothing
     layers = config.get("layers", [config.get("layer")])
@@ -152,7 +157,7 @@ def test_rep_editor_returns_the_base_delta_plus_trained_adaptors_and_saves_loads
     for layer in layers:
         rep = delta.info["rep"][str(layer)]
         assert rep["similarity_after"] > rep["similarity_before"] and rep["gate_open_share"] > 0, rep
-        assert rep["n_keys"] >= len(REQUEST.in_domain)
+        assert rep["n_keys"] >= len(REQUEST.in_domain) and rep["variant"] == variant
     with applied(lm, delta):
         edited = outputs(lm)
     save_edit(tmp_path / "e", lm, delta, [REQUEST], {})
@@ -172,7 +177,7 @@ MEMIT_CONFIG = {"layers": [0, 1], "stats": STATS, "mom2_update_weight": 10.0,
 
 def test_memit_rep_adapts_only_the_last_layer_when_asked(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
-    ed = build_editor("memit+rep", lm, {**MEMIT_CONFIG, "rep": {"steps": 3, "adapt_layers": "last"}})
+    ed = build_editor("memit+rep", lm, {**MEMIT_CONFIG, "rep": {"variant": "paper", "steps": 3, "adapt_layers": "last"}})
     delta = ed.edit([REQUEST])
     assert list(delta.adaptors) == [lm.down_proj_weight_name(1).removesuffix(".weight")]
     assert list(delta.info["rep"]) == ["1"] and set(delta.weights) == {lm.down_proj_weight_name(i) for i in (0, 1)}
@@ -180,7 +185,7 @@ def test_memit_rep_adapts_only_the_last_layer_when_asked(tiny_lm_factory):
 
 def test_chained_memit_rep_trains_upper_layers_on_the_keys_the_lower_adaptors_make(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
-    rep = {"steps": 20, "lr": 1e-2, "tau": 0.5}
+    rep = {"variant": "paper", "steps": 20, "lr": 1e-2, "tau": 0.5}
     ed = build_editor("memit+rep", lm, {**MEMIT_CONFIG, "rep": rep})
     base = ed.base.edit([REQUEST])
     plain = ed.adapt(base, [REQUEST])
@@ -215,7 +220,7 @@ def test_subject_and_other_states_split_every_real_token(tiny_lm_factory):
 
 def test_prompt_negatives_train_the_gate_shut_beside_the_subject(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
-    rep = {"steps": 20, "lr": 1e-2, "tau": 0.5}
+    rep = {"variant": "paper", "steps": 20, "lr": 1e-2, "tau": 0.5}
     plain = build_editor("rome+rep", lm, {**ROME_CONFIG, "rep": rep}).edit([REQUEST]).info["rep"]["1"]
     shut = build_editor("rome+rep", lm, {**ROME_CONFIG, "rep": {**rep, "prompt_negatives": True}})
     info = shut.edit([REQUEST]).info["rep"]["1"]
@@ -224,15 +229,43 @@ def test_prompt_negatives_train_the_gate_shut_beside_the_subject(tiny_lm_factory
     assert "negative_gate_open_share" not in plain
 
 
-def test_rep_without_in_domain_probes_generates_its_own(tiny_lm_factory):
+@pytest.mark.parametrize("variant", ["reference", "paper"])
+def test_rep_without_in_domain_probes_generates_its_own(tiny_lm_factory, variant):
     lm = tiny_lm_factory("llama")
-    ed = build_editor("rome+rep", lm, {**ROME_CONFIG, "rep": {"robustness": {"context_tokens": 20, "n_per_kind": 4}}})
+    ed = build_editor("rome+rep", lm, {**ROME_CONFIG, "rep": {"variant": variant,
+                                                              "robustness": {"context_tokens": 20, "n_per_kind": 4}}})
     bare = EditRequest(REQUEST.prompt, REQUEST.subject, REQUEST.target_new, REQUEST.target_true)
-    delta = ed.edit([bare])
-    assert delta.info["rep"]["1"]["n_keys"] > 0
+    info = ed.edit([bare]).info["rep"]["1"]
+    assert info["n_keys"] > 0 and {"shuffle_subject", "long_context"} <= set(info["kinds"])
 
 
 def test_rep_config_errors():
-    for bad in ({"tau": 1.0}, {"rank": 0}, {"negatives": -1}, {"adapt_layers": "first"}):
+    for bad in ({"tau": 1.0}, {"rank": 0}, {"negatives": -1}, {"adapt_layers": "first"}, {"variant": "code"},
+                {"goal": "value"}, {"batch_size": 0}, {"anchor_weight": -1.0}, {"dropout": 1.0}, {"lr": float("nan")}):
         with pytest.raises(UserError):
             REPConfig(**bad)
+
+
+def test_a_users_rephrasings_all_train_the_adaptor_beside_generated_probes(tokenizer):
+    from robustedit.editors.rep import user_probes
+    from robustedit.eval.robustness import RobustnessConfig
+
+    bare = EditRequest(REQUEST.prompt, REQUEST.subject, REQUEST.target_new)
+    cfg = RobustnessConfig(context_tokens=20, n_per_kind=4)
+    request = user_probes(bare, ["Mlle Darrieux", " Mlle Darrieux ", "D. Y. Darrieux", REQUEST.subject], tokenizer, cfg)
+    kinds = [p.kind for p in request.in_domain]
+    assert [p.subject for p in request.in_domain if p.kind == "rephrase_subject"] == ["Mlle Darrieux", "D. Y. Darrieux"]
+    assert kinds.count("shuffle_subject") == 2 and kinds.count("long_context") == 2  # the generated in-domain half
+    assert user_probes(bare, [], tokenizer, cfg).in_domain == request.in_domain[2:]
+
+
+def test_presets_give_the_authors_and_the_papers_exact_settings():
+    from robustedit.session import preset_names, resolve_editor
+
+    assert {"rep-paper", "rep-reference"} <= set(preset_names())
+    _, reference = resolve_editor("rome+rep", "smollm2", "rep-reference")
+    assert (reference.rep.variant, reference.rep.lr, reference.rep.steps, reference.rep.anchor_weight,
+            reference.rep.batch_size) == ("reference", 5e-4, 10, 5e4, 15)
+    _, paper = resolve_editor("memit+rep", "smollm2", "rep-paper")
+    assert (paper.rep.variant, paper.rep.lr, paper.rep.steps, paper.rep.absolute, paper.rep.tau) == ("paper", 5e-4, 10, True, 0.9)
+    assert paper.layers == resolve_editor("memit", "smollm2")[1].layers  # the base editor's shipped layers stay

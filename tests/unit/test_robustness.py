@@ -27,6 +27,7 @@ CASE = Case(
                        "Darrieux", "Danielle Darrieux Marie"),  # a duplicate and the subject itself
 )
 SMALL = RobustnessConfig(n_per_kind=6, context_tokens=40)
+WORDS = RobustnessConfig(n_per_kind=6, context_tokens=40, shuffle_unit="word")
 
 
 def test_probes_are_deterministic_and_depend_on_seed_and_case(tokenizer):
@@ -50,8 +51,22 @@ def test_each_kind_is_split_in_halves_without_overlap(tokenizer):
     assert in_domain(probes) == tuple(p for k in KINDS for p in probes[k]["id"])
 
 
+def test_shuffles_permute_the_subject_tokens_by_default_as_the_paper_does(tokenizer):
+    assert RobustnessConfig().shuffle_unit == "token"
+    probes = robustness_probes(CASE, tokenizer, SMALL)["shuffle_subject"]
+    shuffled = [p for s in probes.values() for p in s]
+    pieces = sorted(tokenizer.decode([i]).strip() for i in tokenizer(" " + CASE.request.subject,
+                                                                     add_special_tokens=False)["input_ids"])
+    assert len(shuffled) == SMALL.n_per_kind  # 3 words but more tokens: enough other orders
+    for p in shuffled:
+        assert p.kind == "shuffle_subject" and p.subject != CASE.request.subject
+        assert sorted(p.subject.replace(" ", "")) == sorted(CASE.request.subject.replace(" ", ""))
+    # every piece of the subject is kept: the shuffle only reorders tokens
+    assert all(piece in shuffled[0].subject for piece in pieces)
+
+
 def test_shuffles_reorder_the_words_and_never_return_the_subject(tokenizer):
-    probes = robustness_probes(CASE, tokenizer, SMALL)
+    probes = robustness_probes(CASE, tokenizer, WORDS)
     shuffled = [p for s in probes["shuffle_subject"].values() for p in s]
     assert len(shuffled) == 5  # 3 words: 3! - 1 other orders, fewer than n_per_kind
     for p in shuffled:
@@ -65,10 +80,10 @@ def test_one_word_subjects_shuffle_tokens_and_single_tokens_have_no_shuffle(toke
     word = "Parisianopolis"
     pieces = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
     assert len(pieces) > 2  # the tiny tokenizer splits it
-    out = subject_shuffles(word, tokenizer, 4, rng)
+    out = subject_shuffles(word, tokenizer, 4, rng, unit="word")
     assert out and all(s != word and sorted(s.replace(" ", "")) == sorted(word) for s in out)
     single = tokenizer.decode(tokenizer(" the", add_special_tokens=False)["input_ids"]).strip()
-    assert subject_shuffles(single, tokenizer, 4, rng) == []
+    assert subject_shuffles(single, tokenizer, 4, rng, unit="word") == []
 
 
 def test_distinct_orders_samples_without_repeats_when_there_are_many():

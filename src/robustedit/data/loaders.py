@@ -39,6 +39,9 @@ def _bundle(name: str, filename: str, description: str, aliases: tuple[str, ...]
 _bundle("counterfact", "counterfact.json", "CounterFact, 925 cases, original schema")
 _bundle("rep-valid", "rep_valid.json", "100 CounterFact cases with subject rephrasings (REP paper)",
         aliases=("rep_valid",))
+# The REP table's test file: the other half of the authors' test cases is kept for evaluation elsewhere.
+_bundle("rep-test", "rep_test.json", "224 CounterFact test cases with subject rephrasings (REP paper)",
+        aliases=("rep_test",))
 _bundle("counterfact-val", "counterfact_val.json",
         "1,801 CounterFact cases, EasyEdit's flat schema (1 paraphrase, 1 neighbour each)", aliases=("counterfact_val",))
 # The contract's example name `zsre` means this file: it is the only zsRE data bundled.

@@ -6,9 +6,18 @@ gated low-rank branch on the keys k (the down-projection's input, at every token
     k̂ = k + m(k) · proj(k),    proj = Dropout → Linear(d_in → r) → Linear(r → d_in),
                                 gate = Linear(d_in → h) → GELU → Linear(h → 1) → sigmoid,
 
-with m = gate(k) in training and m = 1[gate(k) ≥ τ] at test time, so that a key whose gate stays
-under τ passes through bit-identical. With ``preserve_norm`` (beyond the paper) k + m·proj(k) is
-rescaled to ‖k‖ where the gate is open: the branch may turn a key but not enlarge it.
+with m = gate(k) and dropout in training (``adaptor.train()``) and m = 1[gate(k) ≥ τ] without
+dropout at test time (``adaptor.eval()``), so that a key whose gate stays under τ passes through
+bit-identical. Two forms of ``proj`` (``arch``):
+
+- ``"linear"`` (the paper's figure, our first reading): two ordinary ``nn.Linear`` with biases, so
+  the branch starts as a random map of the key;
+- ``"lora"`` (the authors' code, ``aggregator.py``): LoRA factors without biases, the first
+  Kaiming-uniform, the second zero, so the branch starts at exactly 0 and the adapted key is the
+  key itself until training moves it (their scaling α/r is 32/32 = 1, hence omitted).
+
+With ``preserve_norm`` (beyond the paper) k + m·proj(k) is rescaled to ‖k‖ where the gate is
+open: the branch may turn a key but not enlarge it.
 
 An edit that carries adaptors (``Delta.adaptors``) installs them with a forward pre-hook on their
 module; several adaptors on one module *add* their branches,
@@ -30,20 +39,30 @@ from robustedit.editors.installed import InstalledList
 class KeyAdaptor(nn.Module):
     """REP's gated low-rank branch on keys of width ``d_in`` (module docstring)."""
 
+    ARCHS = ("linear", "lora")
+
     def __init__(self, d_in: int, rank: int = 32, gate_hidden: int | None = None, dropout: float = 0.1,
-                 tau: float = 0.9, preserve_norm: bool = False) -> None:
+                 tau: float = 0.9, preserve_norm: bool = False, arch: str = "linear") -> None:
         super().__init__()
+        if arch not in self.ARCHS:
+            raise ValueError(f"adaptor arch must be one of {self.ARCHS}, not {arch!r}")
         self.d_in, self.rank, self.dropout, self.tau = d_in, rank, dropout, tau
-        self.preserve_norm = preserve_norm
+        self.preserve_norm, self.arch = preserve_norm, arch
         self.gate_hidden = gate_hidden or max(1, round(0.1 * d_in))
         self.gate = nn.Sequential(nn.Linear(d_in, self.gate_hidden), nn.GELU(), nn.Linear(self.gate_hidden, 1))
-        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, rank), nn.Linear(rank, d_in))
+        bias = arch == "linear"
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, rank, bias=bias), nn.Linear(rank, d_in, bias=bias))
+        if arch == "lora":  # nn.Linear's default init is already Kaiming-uniform(a=√5) for the first factor
+            nn.init.zeros_(self.proj[2].weight)
 
     def config(self) -> dict[str, Any]:
         config = {"d_in": self.d_in, "rank": self.rank, "gate_hidden": self.gate_hidden,
                   "dropout": self.dropout, "tau": self.tau}
-        if self.preserve_norm:  # only when set: tags of adaptors saved before the option stay valid
+        # Options only when set: tags of adaptors saved before an option existed stay valid.
+        if self.preserve_norm:
             config["preserve_norm"] = True
+        if self.arch != "linear":
+            config["arch"] = self.arch
         return config
 
     def gate_prob(self, k: torch.Tensor) -> torch.Tensor:
@@ -64,7 +83,8 @@ class KeyAdaptor(nn.Module):
         return torch.where(m > 0, turned - kf, torch.zeros_like(kf))
 
     def forward(self, k: torch.Tensor) -> torch.Tensor:
-        return k + self.branch(k).to(k.dtype)
+        """k̂: the soft gate (and dropout) in training mode, the binary gate at test time."""
+        return k + self.branch(k, hard=not self.training).to(k.dtype)
 
     def tag(self) -> str:
         """A short hash of the configuration and parameters: names this adaptor in saved edits."""

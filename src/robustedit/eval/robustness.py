@@ -5,9 +5,11 @@ written differently. Three kinds of probe, each the edit prompt with one perturb
 
 - ``rephrase_subject``: the subject replaced by one of the case's rephrasings (the data's
   ``subject_rephrase``; files without them get no probes of this kind);
-- ``shuffle_subject``: the subject's words in a random other order ("Darrieux Danielle"). The
-  paper samples "different word ordering" (B.1); a one-word subject has none, so its *tokens* are
-  shuffled instead (``shuffle_unit="token"`` does that for every subject);
+- ``shuffle_subject``: the subject's *tokens* in a random other order ("ieuxDarr Danielle"), up to
+  10 orders: §5.1 ("we sample 10 random orderings of tokens in the subject") and the authors'
+  ``evaluate.py`` (permutations of ``tok.tokenize(subject)``). Appendix B.1 says "word ordering";
+  ``shuffle_unit="word"`` reorders whole words instead (tokens for a one-word subject), which
+  leaves a two-word subject a single other order, so its out-of-domain half is nearly always empty.
 - ``long_context``: a random span of ``context_tokens`` (512) tokens of unrelated WikiText text
   before the prompt. The spans come from the shipped WikiText-2 validation text (the articles of
   WikiText-103's validation split), minus its last ``HELDOUT_TAIL_TOKENS`` tokens, which the
@@ -44,8 +46,8 @@ HELDOUT_TAIL_TOKENS = 4096  # eval.ability.heldout_windows reads these; contexts
 class RobustnessConfig:
     n_per_kind: int = field(default=10, metadata={"help": "probes of each kind per case (paper: 10)"})
     in_domain_fraction: float = field(default=0.5, metadata={"help": "share of each kind's probes that is in-domain"})
-    shuffle_unit: str = field(default="word", metadata={
-        "help": "'word': shuffle the subject's words (tokens for one-word subjects); 'token': always tokens"})
+    shuffle_unit: str = field(default="token", metadata={
+        "help": "'token': shuffle the subject's tokens (the paper's §5.1); 'word': its words (tokens for one-word subjects)"})
     context_tokens: int = field(default=512, metadata={"help": "tokens of unrelated text before long-context probes"})
     context_separator: str = field(default=" ", metadata={"help": "between the unrelated text and the prompt"})
     seed: int = field(default=0, metadata={"help": "seed of the shuffles, the context spans and the split"})
@@ -87,8 +89,9 @@ def distinct_orders(items: list[str], n: int, rng: random.Random) -> list[tuple[
     return orders
 
 
-def subject_shuffles(subject: str, tokenizer, n: int, rng: random.Random, unit: str = "word") -> list[str]:
-    """Up to ``n`` reorderings of ``subject`` (module docstring): words, or tokens if it has one word."""
+def subject_shuffles(subject: str, tokenizer, n: int, rng: random.Random, unit: str = "token") -> list[str]:
+    """Up to ``n`` reorderings of ``subject`` (module docstring): its tokens, or with ``unit="word"``
+    its words (tokens if it has one word)."""
     words = subject.split()
     if unit == "word" and len(words) > 1:
         return [" ".join(order) for order in distinct_orders(words, n, rng)]
@@ -133,9 +136,10 @@ def probes_of_case(case: Case, tokenizer, cfg: RobustnessConfig) -> dict[str, li
                                 cfg.shuffle_unit)
     contexts = context_spans(tokenizer, cfg.n_per_kind, cfg.context_tokens, case_rng(cfg.seed, case.case_id, "context"))
     probes = {
-        "rephrase_subject": [Probe(r.prompt, s) for s in rephrases[: cfg.n_per_kind]],
-        "shuffle_subject": [Probe(r.prompt, s) for s in shuffles],
-        "long_context": [Probe(_no_braces(c) + cfg.context_separator + r.prompt, r.subject) for c in contexts],
+        "rephrase_subject": [Probe(r.prompt, s, "rephrase_subject") for s in rephrases[: cfg.n_per_kind]],
+        "shuffle_subject": [Probe(r.prompt, s, "shuffle_subject") for s in shuffles],
+        "long_context": [Probe(_no_braces(c) + cfg.context_separator + r.prompt, r.subject, "long_context")
+                         for c in contexts],
     }
     return {kind: p for kind, p in probes.items() if p}
 

@@ -1,18 +1,22 @@
 """``robustedit reproduce rep-table``: the REP paper's Table 1 and Figure 7 on the embedded model.
 
-Rows ROME, ROME + REP, MEMIT, MEMIT + REP, and ``rome+rep-gated`` / ``memit+rep-gated``, REP with
-the options beyond the paper that its gate needs on a small model (``GATED_SETS``, chosen on
-``rep-valid``) (``--only`` for a subset), each edit made alone on the
-unedited model (the paper's single-edit paradigm), on the cases the model knows (the paper's
-filter; the count is in the table). Columns: Success (``efficacy_top1``), Locality
-(``locality_top1``), and top-1 success on the in-domain and out-of-domain rephrased-subject,
-shuffled-subject and long-context probes (``eval.robustness``).
+Rows (``--only`` for a subset or for the extra rows): ROME, ROME + REP, MEMIT, MEMIT + REP with
+each editor's shipped settings for the model (``resources/configs/<editor>/<model>.yaml``: for the
+``+rep`` editors, the setting chosen on ``rep-valid``), and, on request, the same REP editors with
+the authors' exact settings (``-reference``: preset ``rep-reference``), the paper's text with its
+settings (``-paper``: preset ``rep-paper``) and the paper's text with the gate options beyond it
+of our first session (``-gated``). Each edit is made alone on the unedited model (the paper's
+single-edit paradigm), on the cases the model knows (the paper's filter; the count is in the
+table). Columns: Success (``efficacy_top1``), Locality (``locality_top1``), and top-1 success on
+the in-domain and out-of-domain rephrased-subject, shuffled-subject and long-context probes
+(``eval.robustness``). Every cell is a mean over cases with its 95% bootstrap interval; every REP
+row also gets its paired difference from its base editor on the same cases, with its interval
+(``eval.intervals``).
 
-The τ sweep (Figure 7) trains the ``rome+rep-gated`` adaptor once per case and scores the same edit with the
-gate threshold at each τ; it runs on ``rep-valid``, the paper's validation cases, the only file on
-which a hyperparameter may be chosen. The table's default data is therefore another file of the
-same schema: ``zsre-rephrase`` (340 zsRE cases with subject rephrasings); ``--dataset`` takes any
-file of the robustness schema, ``rep-valid`` included (then say so when quoting it).
+The default data is ``rep-test``, the authors' CounterFact test cases. The τ sweep (Figure 7)
+trains the ``rome+rep`` adaptor once per case and scores the same edit with the gate threshold at
+each τ; it runs on ``rep-valid``, the paper's validation cases, the only file on which a
+hyperparameter may be chosen.
 """
 
 from __future__ import annotations
@@ -29,22 +33,26 @@ from robustedit.data import load_cases
 from robustedit.editors.base import Delta, applied
 from robustedit.errors import UserError
 from robustedit.eval.filters import known_cases
+from robustedit.eval.intervals import bootstrap_mean, paired_difference, per_case
 from robustedit.eval.metrics import case_metrics, score_case
 from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
-from robustedit.eval.runner import RunInfo, run_evaluation
+from robustedit.eval.runner import RunInfo, read_records, run_evaluation
 from robustedit.experiments import EXPERIMENTS, Experiment
 from robustedit.progress import progress
 
 log = logging.getLogger(__name__)
-TABLE_DATASET = "zsre-rephrase"
+TABLE_DATASET = "rep-test"
 SWEEP_DATASET = "rep-valid"
-SWEEP_ROW = "rome+rep-gated"  # with the paper's settings the gate stays under 0.9 on SmolLM2 (README)
-ROWS = ("rome", "rome+rep", "rome+rep-gated", "memit", "memit+rep", "memit+rep-gated")
-# "-gated" rows: REP with the options beyond the paper that make its gate work on a small model,
-# chosen on rep-valid cases with benchmarks/rep_select.py (README, "Robustness and REP"): a
-# learning rate that opens the gate, the gate trained shut at the prompts' other tokens, the
-# signed similarity, and adapted keys kept at their norm.
-GATED_SETS = ("rep.lr=5e-3", "rep.prompt_negatives=true", "rep.absolute=false", "rep.preserve_norm=true")
+SWEEP_ROW = "rome+rep"
+ROWS = ("rome", "rome+rep", "memit", "memit+rep")
+# Extra rows: a REP editor with a bundled preset instead of its shipped settings, and extra --set.
+VARIANT_ROWS = {"reference": ("rep-reference", ()), "paper": ("rep-paper", ()),
+                # the paper's text with the gate options beyond it that our first session chose
+                # (README, "Robustness and REP"): a learning rate that opens the gate, the gate
+                # trained shut at the prompts' other tokens, the signed similarity, norm kept
+                "gated": ("rep-paper", ("rep.lr=5e-3", "rep.prompt_negatives=true", "rep.absolute=false",
+                                        "rep.preserve_norm=true"))}
+EXTRA_ROWS = tuple(f"{base}+rep-{v}" for base in ("rome", "memit") for v in VARIANT_ROWS)
 TAUS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
 COLUMNS = (("Success", "efficacy_top1"), ("Locality", "locality_top1"),
            ("ID Rephrase", "rephrase_subject_id"), ("ID Shuffle", "shuffle_subject_id"), ("ID Long", "long_context_id"),
@@ -54,27 +62,75 @@ SWEEP_METRICS = ("efficacy_top1", "locality_top1", "rephrase_subject_id", "shuff
                  "rephrase_subject_ood", "shuffle_subject_ood", "long_context_ood")
 
 
-def row_editor(row: str, sets: list[str]) -> tuple[str, list[str]]:
-    """The registered editor of a table row and its ``--set`` overrides (the user's come last)."""
-    if row.endswith("-gated"):
-        return row.removesuffix("-gated"), [*GATED_SETS, *sets]
-    return row, [s for s in sets if not s.startswith("rep.") or "+rep" in row]
+def row_editor(row: str, sets: list[str]) -> tuple[str, str | None, list[str]]:
+    """The registered editor of a table row, its ``--config`` preset (or None) and its ``--set``
+    overrides (the user's come last; ``rep.*`` ones only reach REP rows)."""
+    for variant, (preset, extra) in VARIANT_ROWS.items():
+        if row.endswith(f"-{variant}"):
+            return row.removesuffix(f"-{variant}"), preset, [*extra, *sets]
+    return row, None, [s for s in sets if not s.startswith("rep.") or "+rep" in row]
 
 
-def table_markdown(results: dict[str, dict], dataset: str, model: str, counts: dict | None = None) -> str:
+def base_row(row: str) -> str | None:
+    """The row a REP row is compared with (its base editor), or None."""
+    return row.split("+", 1)[0] if "+rep" in row else None
+
+
+def row_statistics(records: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per row: each column's mean with its bootstrap interval, and for REP rows the paired
+    difference from the base row on the cases both scored."""
+    out = {}
+    for row, recs in records.items():
+        stats = {"intervals": {}, "differences": {}}
+        base = base_row(row)
+        for _, metric in COLUMNS:
+            values = per_case(recs, metric)
+            iv = bootstrap_mean(values.values())
+            if iv is not None:
+                stats["intervals"][metric] = iv.as_dict()
+            if base in records:
+                d = paired_difference(values, per_case(records[base], metric))
+                if d is not None:
+                    stats["differences"][metric] = d.as_dict()
+        if base in records:
+            stats["compared_with"] = base
+        out[row] = stats
+    return out
+
+
+def _cell(entry: dict | None, signed: bool = False) -> str:
+    if entry is None:
+        return "–"
+    sign = "+" if signed else ""
+    return f"{100 * entry['mean']:{sign}.1f} [{100 * entry['low']:{sign}.1f}, {100 * entry['high']:{sign}.1f}]"
+
+
+def table_markdown(results: dict[str, dict], stats: dict[str, dict], dataset: str, model: str,
+                   counts: dict | None = None) -> str:
     counts = counts or {}
     if counts.get("known_only", True):
         kept = f"the cases the model knows ({counts.get('known', '?')} of {counts.get('loaded', '?')})"
     else:
         kept = f"all cases (--all-cases; the model knows {counts.get('known', '?')} of {counts.get('loaded', '?')})"
     lines = [f"# REP table on {model}: {dataset}", "",
-             f"Top-1 success in % (REP paper Table 1); each edit alone on the unedited model; {kept}.", "",
+             f"Top-1 success in % (REP paper Table 1), mean over cases [95% bootstrap interval]; each edit alone "
+             f"on the unedited model; {kept}. A robustness cell averages each case's probes of that kind; a case "
+             "without such probes (e.g. a one-token subject has no shuffle) is left out of that cell.", "",
              "| editor | cases | " + " | ".join(c for c, _ in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
     for row, summary in results.items():
-        m = summary["metrics"]
-        cells = [f"{100 * m[k]:.1f}" if k in m else "–" for _, k in COLUMNS]
-        lines.append(f"| {row} | {summary['n_cases']} | " + " | ".join(cells) + " |")
+        iv = stats.get(row, {}).get("intervals", {})
+        lines.append(f"| {row} | {summary['n_cases']} | " + " | ".join(_cell(iv.get(k)) for _, k in COLUMNS) + " |")
+    diffs = {row: s for row, s in stats.items() if s.get("differences")}
+    if diffs:
+        lines += ["", "Paired differences from the base editor, in points, on the cases both rows scored "
+                  "[95% bootstrap interval of the mean difference]:", "",
+                  "| editor − base | cases | " + " | ".join(c for c, _ in COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(COLUMNS)]
+        for row, s in diffs.items():
+            n = max(d["n"] for d in s["differences"].values())
+            lines.append(f"| {row} − {s['compared_with']} | {n} | "
+                         + " | ".join(_cell(s["differences"].get(k), signed=True) for _, k in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -158,6 +214,30 @@ def _known(lm, dataset: str, limit: int | None, known_only: bool = True) -> tupl
     return (kept[:limit] if limit else kept), {"loaded": len(cases), "known": len(kept)}
 
 
+def _run_row(row: str, lm, cases, folder: Path, sets: list[str], seed: int, command: str, dataset: str,
+             rob: RobustnessConfig, extra: dict) -> tuple[dict, list[dict]]:
+    """Evaluate one row into ``folder``; a finished row is read back, a row cut short continues
+    where it stopped if its editor and settings are unchanged (else it starts over)."""
+    from robustedit.session import make_editor
+
+    name, preset, row_sets = row_editor(row, sets)
+    editor, cfg = make_editor(name, lm, config_file=preset, sets=row_sets)
+    setup = {"editor": name, "config": cfg, "dataset": dataset, "seed": seed, "robustness": dataclasses.asdict(rob),
+             "cases": [c.case_id for c in cases]}
+    setup_path = folder / "row.json"
+    same = setup_path.exists() and json.loads(setup_path.read_text()) == json.loads(json.dumps(setup))
+    if same and (folder / "summary.json").exists():
+        return json.loads((folder / "summary.json").read_text()), read_records(folder / "records.jsonl")
+    if not same:
+        (folder / "records.jsonl").unlink(missing_ok=True)
+        (folder / "summary.json").unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        setup_path.write_text(json.dumps(setup, indent=2) + "\n")
+    info = RunInfo(name, lm.name, dataset, cfg, seed=seed, command=command, extra=extra)
+    summary = run_evaluation(editor, cases, folder, info, resume=True, robustness=rob)
+    return summary, read_records(folder / "records.jsonl")
+
+
 def run(*, out: Path | None, model: str, config: str | None, sets: list[str], seed: int, device: str, dtype: str,
         limit: int | None = None, only: list[str] | None = None, dataset: str | None = None,
         known_only: bool = True) -> dict:
@@ -167,9 +247,10 @@ def run(*, out: Path | None, model: str, config: str | None, sets: list[str], se
     if config is not None:
         raise UserError("reproduce rep-table runs several editors; set hyperparameters with --set instead of --config")
     rows = list(only or ROWS)
-    extra_rows = [r for r in rows if r not in (*ROWS, "tau-sweep")]
-    if extra_rows:
-        raise UserError(f"unknown variant(s) {', '.join(extra_rows)}; choose from {', '.join((*ROWS, 'tau-sweep'))}")
+    choices = (*ROWS, *EXTRA_ROWS, "tau-sweep")
+    unknown = [r for r in rows if r not in choices]
+    if unknown:
+        raise UserError(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(choices)}")
     if not only:
         rows.append("tau-sweep")
     out = Path(out or "runs/reproduce-rep-table")
@@ -178,29 +259,30 @@ def run(*, out: Path | None, model: str, config: str | None, sets: list[str], se
     command = "robustedit " + shlex.join(sys.argv[1:])
     dataset = dataset or TABLE_DATASET
     results: dict[str, dict] = {}
-    table_rows = [r for r in rows if r in ROWS]
+    table_rows = [r for r in rows if r != "tau-sweep"]
     if table_rows:
         cases, counts = _known(lm, dataset, limit, known_only)
+        extra = {"filter": {"known_only": known_only, **counts}, "robustness": dataclasses.asdict(rob)}
+        records = {}
         for row in table_rows:
-            folder = out / row
-            if (folder / "summary.json").exists():
-                results[row] = json.loads((folder / "summary.json").read_text())
-                continue
-            (folder / "records.jsonl").unlink(missing_ok=True)  # a row cut short starts over
-            name, row_sets = row_editor(row, sets)
-            editor, cfg = make_editor(name, lm, sets=row_sets)
-            info = RunInfo(name, lm.name, dataset, cfg, seed=seed, command=command,
-                           extra={"filter": {"known_only": known_only, **counts}, "robustness": dataclasses.asdict(rob)})
-            results[row] = run_evaluation(editor, cases, folder, info, robustness=rob)
+            results[row], records[row] = _run_row(row, lm, cases, out / row, sets, seed, command, dataset, rob, extra)
+        # a base row already in OUT (from an earlier --only run) still pairs with its REP rows
+        for row in list(records):
+            base = base_row(row)
+            if base and base not in records and (out / base / "summary.json").exists():
+                records[base] = [r for r in read_records(out / base / "records.jsonl")
+                                 if r["case_id"] in {c.case_id for c in cases}]
+        stats = row_statistics(records)
         (out / "rep_table.json").write_text(json.dumps(
-            {"dataset": dataset, "model": lm.name, "command": command,
-             "rows": {r: {"n_cases": s["n_cases"], "metrics": s["metrics"]} for r, s in results.items()}}, indent=2) + "\n")
-        (out / "rep_table.md").write_text(table_markdown(results, dataset, lm.name, counts))
+            {"dataset": dataset, "model": lm.name, "command": command, "filter": counts,
+             "rows": {r: {"n_cases": s["n_cases"], "metrics": s["metrics"], "config": s.get("config"), **stats[r]}
+                      for r, s in results.items()}}, indent=2) + "\n")
+        (out / "rep_table.md").write_text(table_markdown(results, stats, dataset, lm.name, counts))
         log.info("wrote %s/rep_table.md and rep_table.json", out)
     if "tau-sweep" in rows:
         cases, counts = _known(lm, SWEEP_DATASET, limit, known_only)
-        name, row_sets = row_editor(SWEEP_ROW, sets)
-        editor, cfg = make_editor(name, lm, sets=row_sets)
+        name, preset, row_sets = row_editor(SWEEP_ROW, sets)
+        editor, cfg = make_editor(name, lm, config_file=preset, sets=row_sets)
         sweep = tau_sweep(editor, cases, rob)
         sweep.update({"row": SWEEP_ROW, "dataset": SWEEP_DATASET, "model": lm.name, "command": command, "config": cfg, "filter": counts})
         out.mkdir(parents=True, exist_ok=True)
