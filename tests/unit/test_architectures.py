@@ -87,6 +87,19 @@ def test_down_proj_of_every_layer_maps_mlp_keys_to_the_residual(tiny_lm):
         assert outs[0].shape[-1] == d  # the value v
 
 
+def test_mlp_input_projections_read_the_residual_and_write_the_keys(tiny_lm):
+    """``mlp_in`` names the MLP's input matrices: each maps the d-wide normed residual to the
+    MLP's hidden width (twice it for a fused gate and up projection)."""
+    d, d_mlp, _ = dims(tiny_lm)
+    params = dict(tiny_lm.model.named_parameters())
+    for path in tiny_lm.spec.mlp_in:
+        module = tiny_lm.module(f"{tiny_lm.spec.layer_path(0)}.{path}")
+        assert f"{tiny_lm.spec.layer_path(0)}.{path}.weight" in params
+        shape = tuple(module.weight.shape)
+        rows, cols = (shape[1], shape[0]) if tiny_lm.spec.weight_is_in_out else shape
+        assert cols == d and rows in (d_mlp, 2 * d_mlp), (path, shape)
+
+
 def test_layer_out_of_range_is_a_user_error(tiny_lm):
     with pytest.raises(UserError, match="out of range"):
         tiny_lm.down_proj(tiny_lm.n_layers)

@@ -126,3 +126,51 @@ def test_sss_runs_with_the_fused_attention_real_models_load_with(tokenizer):
         J, lam = edit_loss_and_sss(lm, teacher_forced(lm, PROMPTS, TARGETS), SSSConfig())
         combined_loss(J, lam, SSSConfig()).backward()
     assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_the_reference_form_is_the_summed_squared_gradient_at_the_final_hidden_state(tiny_lm_factory, arch):
+    """Σ over target positions of ‖W_Uᵀ(softmax(z) − e_y)‖² / N², N the batch's target tokens: the
+    authors' term, computed by hand from the logits and the unembedding."""
+    lm = tiny_lm_factory(arch)
+    tf = teacher_forced(lm, PROMPTS, TARGETS)
+    with torch.enable_grad():
+        _, sss = edit_loss_and_sss(lm, tf, SSSConfig(form="reference"))
+    with torch.no_grad():
+        logits = lm.model(input_ids=tf.batch.input_ids, attention_mask=tf.batch.attention_mask).logits
+        z = logits[tf.target_row, tf.target_pos].double()
+        residual = z.softmax(-1) - torch.nn.functional.one_hot(tf.target_tok, z.shape[-1]).double()
+        W = lm.model.get_output_embeddings().weight.double()  # (vocab, d)
+        expected = ((residual @ W) / len(tf.target_tok)).pow(2).sum()
+    assert float(sss) == pytest.approx(float(expected), rel=1e-4)
+
+
+@pytest.mark.parametrize("form", ["paper", "reference"])
+def test_detached_sss_trains_exactly_as_the_rescaled_edit_loss(tiny_lm_factory, form):
+    """The control: with ``detach`` the combined loss has the value (1 − C)·J + C·SSS but the
+    gradient of (1 − C)·J alone."""
+    lm = tiny_lm_factory("llama")
+    weight = lm.down_proj(1).weight
+    tf = teacher_forced(lm, PROMPTS, TARGETS)
+    grads = {}
+    weight.requires_grad_(True)
+    try:
+        for name, cfg in (("detached", SSSConfig(coefficient=0.7, form=form, detach=True)),
+                          ("attached", SSSConfig(coefficient=0.7, form=form)), ("none", None)):
+            with torch.enable_grad():
+                J, sss = edit_loss_and_sss(lm, tf, cfg)
+                loss = combined_loss(J, sss, cfg) if cfg else 0.3 * J
+                loss.backward()
+            grads[name] = weight.grad.detach().clone()
+            weight.grad = None
+            if name == "detached":
+                assert not sss.requires_grad and float(loss) == pytest.approx(0.3 * float(J) + 0.7 * float(sss), rel=1e-5)
+    finally:
+        weight.requires_grad_(False)
+    torch.testing.assert_close(grads["detached"], grads["none"])
+    assert not torch.allclose(grads["attached"], grads["none"])
+
+
+def test_sss_form_is_checked():
+    with pytest.raises(UserError, match="sss.form"):
+        SSSConfig(form="code")

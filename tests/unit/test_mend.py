@@ -34,10 +34,10 @@ def mend_file(tmp_path, n: int = 12):
     return str(path)
 
 
-def config(data: str, cls=MENDConfig, **train) -> MENDConfig:
+def config(data: str, cls=MENDConfig, matrices: str = "down", **train) -> MENDConfig:
     settings = {"steps": 4, "batch_size": 2, "lr": 1e-3, "lr_lr": 1e-3, "val_every": 0, "save_every": 2,
                 "val_cases": 2, "val_fraction": 0.2, "dataset": data, **train}
-    return from_dict(cls, {"rank": 8, "init_lr": 1e-2, "train": settings})
+    return from_dict(cls, {"rank": 8, "init_lr": 1e-2, "matrices": matrices, "train": settings})
 
 
 def target_nll(lm, request: EditRequest) -> float:
@@ -62,11 +62,13 @@ def test_an_untrained_editor_is_a_one_line_error_naming_the_train_command(tokeni
         build_editor("mend", lm, {"checkpoint": str(tmp_path / "nowhere")})
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_training_makes_the_edit_take_and_editing_leaves_the_model_unchanged(tokenizer, tmp_path, arch):
+@pytest.mark.parametrize("arch, matrices", [("llama", "down"), ("gpt2", "down"), ("llama", "mlp"), ("gpt2", "mlp")])
+def test_training_makes_the_edit_take_and_editing_leaves_the_model_unchanged(tokenizer, tmp_path, arch, matrices):
     lm = tiny_model(arch, tokenizer)
     data = mend_file(tmp_path)
-    out, meta = train_editor("mend", lm, config(data, steps=30, val_every=15), tmp_path / "mend")
+    out, meta = train_editor("mend", lm, config(data, matrices=matrices, steps=30, val_every=15), tmp_path / "mend")
+    per_layer = 1 + (len(lm.spec.mlp_in) if matrices == "mlp" else 0)  # the reference's: every MLP matrix
+    assert len(meta["weights"]) == 3 * per_layer
     assert (out / "editor.safetensors").is_file() and meta["steps"] == 30
     log = [json.loads(line) for line in (out / LOG).read_text().splitlines()]
     assert [r["step"] for r in log if r["kind"] == "val"] == [15, 30]
@@ -76,7 +78,7 @@ def test_training_makes_the_edit_take_and_editing_leaves_the_model_unchanged(tok
     request = EditRequest("What colour is {}?", "Lima", "gold")  # a training edit: the net must have learnt it
     delta = editor.edit([request])
     assert not same_state(lm, before), "edit() must leave the model as it found it"
-    assert set(delta.weights) == set(meta["weights"])
+    assert set(delta.weights) == set(meta["weights"]) and editor.trained_with["matrices"] == matrices
     nll0 = target_nll(lm, request)
     with applied(lm, delta):
         nll1 = target_nll(lm, request)

@@ -58,6 +58,8 @@ def test_reference_prompts_are_the_authors_training_keys():
     assert all(p.template.count("{}") == 1 for p in positives)
     no_prefix, _ = reference_prompts([REQUEST], [PROBES], CONTEXTS, prefixes=False)
     assert "prefix" not in {p.kind for p in no_prefix}
+    as_run, _ = reference_prompts([REQUEST], [PROBES], CONTEXTS, long_contexts=False)  # the code as it runs
+    assert "long_context" not in {p.kind for p in as_run} and len(as_run) == len(positives) - 1
     two, two_anchors = reference_prompts([REQUEST, REQUEST], [PROBES, ()], CONTEXTS)
     assert [a.owner for a in two_anchors] == [0, 1] and Counter(p.owner for p in two) == {0: 12, 1: 3}
 
@@ -82,9 +84,15 @@ def test_read_keys_passes_the_lower_adaptors_output_upward(tiny_lm_factory):
         open_.proj[2].weight.normal_()
         open_.gate[2].bias.fill_(50.0)
     adapted = read_keys(lm, modules, [open_, KeyAdaptor(modules[1].in_features, arch="lora").eval()], rows, last)
-    assert torch.equal(adapted[0], plain[0])  # the lowest layer's keys are its own
-    assert not torch.allclose(adapted[1], plain[1])  # the layer above sees the adapted keys
-    assert plain[0].shape == (2, modules[0].in_features)
+    assert torch.equal(adapted.subject[0], plain.subject[0])  # the lowest layer's keys are its own
+    assert not torch.allclose(adapted.subject[1], plain.subject[1])  # the layer above sees the adapted keys
+    assert plain.subject[0].shape == (2, modules[0].in_features)
+    # every other real token of each row, in order: the subject's position left out
+    assert [len(o) for o in plain.others[0]] == [len(r) - 1 for r in rows]
+    # the subject's key and the others rebuild the row's keys, wherever the subject is
+    first = read_keys(lm, modules[:1], None, rows[:1], [0])
+    rebuilt = lambda keys, at: torch.cat([keys.others[0][0][:at], keys.subject[0][:1], keys.others[0][0][at:]])  # noqa: E731
+    torch.testing.assert_close(rebuilt(plain, last[0]), rebuilt(first, 0))
 
 
 def _fit(lm, anchor_weight: float, layers=(1,), steps: int = 15):
@@ -126,3 +134,22 @@ def test_memit_rep_defaults_to_the_raw_key_goal_and_rome_rep_to_the_whitened_one
     assert rome.goals(1, k).norm().item() == pytest.approx(1.0, abs=1e-5)  # u = C⁻¹k*/‖C⁻¹k*‖
     paper = build_editor("memit+rep", lm, {"layers": [0, 1], "stats": stats, "rep": {"variant": "paper"}})
     assert paper.goal_kind() == "whitened"
+
+
+def test_the_context_term_keeps_the_other_tokens_keys(tiny_lm_factory):
+    """The authors' kl_loss (type mse) at every other token of the batch's prompts: with weight,
+    their keys move less than without."""
+    lm = tiny_lm_factory("llama")
+    module = lm.down_proj(1)
+    positives, anchors = reference_prompts([REQUEST], [PROBES], CONTEXTS)
+    goal = [torch.randn(1, module.in_features, generator=torch.Generator().manual_seed(0))]
+    rows, last = _encode(lm, positives)
+    others = torch.cat(read_keys(lm, [module], None, rows, last).others[0])
+    moved = {}
+    for weight in (0.0, 1e4):
+        cfg = REPConfig(steps=15, lr=1e-2, tau=0.5, anchor_weight=0.0, context_weight=weight, batch_size=4)
+        (fit,) = fit_reference(lm, [module], goal, positives, anchors, cfg)
+        with torch.no_grad():  # the soft gate, as trained (eval mode: no dropout)
+            moved[weight] = float(fit.adaptor.branch(others, hard=False).norm())
+        assert fit.info["context_gate_open_share"] is not None
+    assert moved[1e4] < 0.5 * moved[0.0], moved

@@ -9,9 +9,11 @@ Training (``training/mend.py``, ``robustedit train mend``) fits the hypernetwork
 
 **Choices where the paper or the reference leaves room** (each a hyperparameter):
 
-- *Which weights.* The reference edits both MLP matrices of the last three layers; robustedit
-  edits their down-projections (the matrix every editor here edits), ``layers=[-3, -2, -1]``
-  (negative = counted from the top).
+- *Which weights.* The reference edits every MLP matrix of the last three layers (GPT-2's
+  ``c_fc`` and ``c_proj``; for Llama EasyEdit lists ``gate_proj``, ``up_proj`` and
+  ``down_proj``): ``matrices="mlp"`` (the architecture table's ``mlp_in`` plus the
+  down-projection). Default ``matrices="down"``: their down-projections only, the matrix every
+  other editor here edits, ``layers=[-3, -2, -1]`` (negative = counted from the top).
 - *One transform per weight.* The reference shares one network between same-shaped weights with
   a learned layer embedding (``mend.shared``); here each weight has its own (the reference's
   non-shared variant), simpler and no slower on three layers.
@@ -38,6 +40,7 @@ from robustedit.request import EditRequest
 from robustedit.training.loop import LoopConfig
 
 EDIT_LOSS_ON = ("rephrase", "both")
+MATRICES = ("down", "mlp")
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,15 @@ class MENDConfig:
     rank: int = field(default=1920, metadata={"help": "width of the transform's low-rank MLPs (reference: 1920; capped at the factor's size)"})
     n_hidden: int = field(default=1, metadata={"help": "residual low-rank MLPs per factor (reference: 1)"})
     init_lr: float = field(default=1e-4, metadata={"help": "initial learned step α (reference edit_lr: 1e-4)"})
+    matrices: str = field(default="down", metadata={
+        "help": "'down': each layer's down-projection; 'mlp': every MLP matrix of the layer, as the reference"})
     train: MENDTrainConfig = field(default_factory=MENDTrainConfig, metadata={"help": "training (robustedit train mend)"})
 
     def __post_init__(self) -> None:
         if not self.layers or self.rank < 1 or self.n_hidden < 0:
             raise UserError("mend needs at least one layer, rank >= 1 and n_hidden >= 0")
+        if self.matrices not in MATRICES:
+            raise UserError(f"mend.matrices must be one of {', '.join(MATRICES)}, not {self.matrices!r}")
 
 
 @dataclass(frozen=True)
@@ -83,11 +90,16 @@ class MENDSSSConfig(MENDConfig):
     sss: SSSConfig = field(default_factory=SSSConfig, metadata={"help": "the SSS regularizer, used in training"})
 
 
-def edited_weights(lm: LanguageModel, layers: tuple[int, ...]) -> dict[str, torch.nn.Module]:
-    """Weight name → its module for the down-projections of ``layers`` (negative from the top)."""
+def edited_weights(lm: LanguageModel, layers: tuple[int, ...], matrices: str = "down") -> dict[str, torch.nn.Module]:
+    """Weight name → its module for the down-projections of ``layers`` (negative from the top)
+    and, with ``matrices="mlp"``, the MLP's input projections before each."""
     out = {}
     for layer in layers:
         i = lm.check_layer(layer % lm.n_layers if layer < 0 else layer)
+        if matrices == "mlp":
+            for path in lm.spec.mlp_in:
+                name = f"{lm.spec.layer_path(i)}.{path}"
+                out[f"{name}.weight"] = lm.module(name)
         out[lm.down_proj_weight_name(i)] = lm.down_proj(i)
     return out
 
@@ -126,7 +138,7 @@ def edit_factors(lm: LanguageModel, modules: dict[str, torch.nn.Module], request
 
 
 def build_net(lm: LanguageModel, cfg: MENDConfig) -> tuple[MENDNet, dict[str, torch.nn.Module]]:
-    modules = edited_weights(lm, cfg.layers)
+    modules = edited_weights(lm, cfg.layers, cfg.matrices)
     net = MENDNet(weight_shapes(lm, modules), rank=cfg.rank, n_hidden=cfg.n_hidden, init_lr=cfg.init_lr)
     return net.to(lm.device), modules
 
@@ -143,8 +155,9 @@ class MEND(Editor):
 
         state, meta = load_trained(self.config.checkpoint or None, self.name, lm)
         trained = meta["config"]
-        arch = from_dict(MENDConfig, {k: trained[k] for k in ("layers", "rank", "n_hidden", "init_lr")})
-        self.trained_with = {k: trained[k] for k in ("layers", "rank", "n_hidden")}
+        shape = ("layers", "rank", "n_hidden", "init_lr", "matrices")
+        arch = from_dict(MENDConfig, {k: trained[k] for k in shape if k in trained})  # older files: down only
+        self.trained_with = {k: trained.get(k, "down") for k in ("layers", "rank", "n_hidden", "matrices")}
         self.net, self.modules = build_net(lm, arch)
         self.net.load_state_dict(state)
         self.net.eval().requires_grad_(False)

@@ -85,6 +85,11 @@ class REPConfig:
     batch_size: int = field(default=15, metadata={"help": "reference: training keys per step, plus the anchor (authors: 15)"})
     prefixes: bool = field(default=True, metadata={
         "help": "reference: also train on the original subject inside the generated prefixes"})
+    context_weight: float = field(default=0.0, metadata={
+        "help": "reference: weight of MSE(k̂, k) at every other token of the batch's prompts (the authors' "
+                "kl_loss of type mse; 0 in their script)"})
+    long_contexts: bool = field(default=True, metadata={
+        "help": "reference: train on the in-domain long-context prompts (the authors' code means to, but drops them)"})
     # --- the paper variant (rep_paper.py); ignored by the reference variant
     residual_in_training: bool = field(default=True, metadata={
         "help": "paper: train k̂ = k + gate·proj (Eq. 5); false: gate·proj alone (Algorithm 1), whose gate gets no gradient"})
@@ -119,8 +124,8 @@ class REPConfig:
             raise UserError("rep needs rank >= 1, steps >= 0, lr > 0 and 0 < gate_hidden_fraction <= 1")
         if not 0 <= self.dropout < 1:
             raise UserError(f"rep.dropout must be in [0, 1), got {self.dropout}")
-        if self.batch_size < 1 or not self.anchor_weight >= 0:
-            raise UserError("rep needs batch_size >= 1 and anchor_weight >= 0")
+        if self.batch_size < 1 or not self.anchor_weight >= 0 or not self.context_weight >= 0:
+            raise UserError("rep needs batch_size >= 1, anchor_weight >= 0 and context_weight >= 0")
         if self.negatives < 0 or not self.negative_weight >= 0:
             raise UserError("rep.negatives and rep.negative_weight must be >= 0")
         if self.adapt_layers not in ("all", "last"):
@@ -207,8 +212,9 @@ class _WithREP(Editor):
     def _adapt_reference(self, delta, requests, probes, layers, sw):
         lm = self.lm
         with sw("rep_keys"):
-            positives, anchors = reference_prompts(requests, probes, self.base.context_templates(),
-                                                   self.config.rep.prefixes)
+            cfg = self.config.rep
+            positives, anchors = reference_prompts(requests, probes, self.base.context_templates(), cfg.prefixes,
+                                                   cfg.long_contexts)
             names = [lm.down_proj_weight_name(layer) for layer in layers]
             goals = [self.goals(layer, delta.keys[name].T) for layer, name in zip(layers, names)]
         with sw("rep_train"):

@@ -75,9 +75,10 @@ class KeyPrompt:
 
 
 def reference_prompts(requests: list[EditRequest], probes_of: list[tuple[Probe, ...]], contexts: list[str],
-                      prefixes: bool = True) -> tuple[list[KeyPrompt], list[KeyPrompt]]:
+                      prefixes: bool = True, long_contexts: bool = True) -> tuple[list[KeyPrompt], list[KeyPrompt]]:
     """(positives, anchors) for the requests, each with its in-domain probes (module docstring).
-    ``contexts`` are the base editor's templates, ``"{}"`` first."""
+    ``contexts`` are the base editor's templates, ``"{}"`` first; ``long_contexts=False`` leaves
+    out the long-context prompts, as the authors' code in effect does."""
     positives, anchors = [], []
     for i, (request, probes) in enumerate(zip(requests, probes_of)):
         anchors.append(KeyPrompt(request.prompt, request.subject, i, "anchor"))
@@ -86,7 +87,7 @@ def reference_prompts(requests: list[EditRequest], probes_of: list[tuple[Probe, 
         for p in probes:
             if p.template == request.prompt:  # a rephrased or shuffled subject: in every template
                 positives += [KeyPrompt(c.format(p.template), p.subject, i, p.kind or "subject_variant") for c in contexts]
-            else:  # a long context: the prompt as it is
+            elif long_contexts:  # a long context: the prompt as it is
                 positives.append(KeyPrompt(p.template, p.subject, i, p.kind or "long_context"))
     positives = list(dict.fromkeys(positives))  # the reference de-duplicates its templates
     if not positives:
@@ -103,25 +104,42 @@ def _encode(lm, prompts: list[KeyPrompt]) -> tuple[list[list[int]], list[int]]:
     return rows, last
 
 
+@dataclass
+class Keys:
+    """What :func:`read_keys` returns, per module (bottom-up): the keys at each row's subject
+    ``(N, d_in)`` and, per row, the keys at every other real token ``(T_i − 1, d_in)``."""
+
+    subject: list[torch.Tensor]
+    others: list[list[torch.Tensor]]
+
+    def select(self, rows: list[int]) -> "Keys":
+        return Keys([k[rows] for k in self.subject], [[o[i] for i in rows] for o in self.others])
+
+
 @torch.no_grad()
 def read_keys(lm, modules: list[torch.nn.Module], adaptors: list[KeyAdaptor] | None, rows: list[list[int]],
-              last: list[int], batch_size: int = 32) -> list[torch.Tensor]:
-    """The input of each module (bottom-up) at the subject's last token of each row, ``(N, d_in)``
-    float32 per module; with ``adaptors`` (one per module, in whatever mode they are), each module's
-    adaptor rewrites its keys for the modules above. The forward pass stops at the top module.
-    Rows are batched by length (a 512-token long context pads only its own batch)."""
+              last: list[int], batch_size: int = 32) -> Keys:
+    """The input of each module (bottom-up) at the subject's last token of each row and at its
+    other tokens, float32; with ``adaptors`` (one per module, in whatever mode they are), each
+    module's adaptor rewrites its keys for the modules above. The forward pass stops at the top
+    module. Rows are batched by length (a 512-token long context pads only its own batch)."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    out: list[list[torch.Tensor]] = [[] for _ in modules]
+    subject: list[list[torch.Tensor]] = [[] for _ in modules]
+    others: list[list[torch.Tensor | None]] = [[None] * len(rows) for _ in modules]
     for start in range(0, len(order), batch_size):
         picked = order[start : start + batch_size]
         batch = pad([rows[i] for i in picked], pad_id(lm.tokenizer), lm.device)
         r = torch.arange(len(picked), device=lm.device)
         c = torch.tensor([last[i] for i in picked], device=lm.device)
+        rest = batch.attention_mask.bool().clone()
+        rest[r, c] = False
 
         def pre_for(i: int):
             def pre(_module, args):
                 k = args[0]
-                out[i].append(k[r, c].float())
+                subject[i].append(k[r, c].float())
+                for j, row in enumerate(picked):
+                    others[i][row] = k[j][rest[j]].float()
                 if i == len(modules) - 1:
                     raise StopForward
                 return (adaptors[i](k), *args[1:]) if adaptors is not None else None
@@ -135,7 +153,7 @@ def read_keys(lm, modules: list[torch.nn.Module], adaptors: list[KeyAdaptor] | N
             except StopForward:
                 pass
     inverse = torch.argsort(torch.tensor(order, device=lm.device))
-    return [torch.cat(o)[inverse] for o in out]
+    return Keys([torch.cat(k)[inverse] for k in subject], others)
 
 
 class Batches:
@@ -176,34 +194,45 @@ def fit_reference(lm, modules: list[torch.nn.Module], goals: list[torch.Tensor],
         for _ in range(cfg.steps):
             idx = batches.next()
             if fixed:
-                pos, anc = [k[idx] for k in pos_keys], anc_keys
+                pos, anc = pos_keys.select(idx), anc_keys
             else:
                 keys = read_keys(lm, modules, adaptors, [pos_rows[i] for i in idx] + anc_rows,
                                  [pos_last[i] for i in idx] + anc_last)
-                pos, anc = [k[: len(idx)] for k in keys], [k[len(idx):] for k in keys]
+                pos, anc = keys.select(list(range(len(idx)))), keys.select(list(range(len(idx), len(keys.subject[0]))))
             with torch.enable_grad():
-                alignment = anchor = 0.0
-                for adaptor, goal, kp, ka in zip(adaptors, goals, pos, anc):
-                    alignment = alignment - (F.normalize(adaptor(kp), dim=-1) * goal[owners[idx]]).sum(-1).mean()
-                    anchor = anchor + F.mse_loss(adaptor(ka), ka)
-                loss = alignment + cfg.anchor_weight * anchor
+                terms = _step_losses(adaptors, goals, owners[idx], pos, anc, cfg.context_weight > 0)
+                loss = terms["alignment"] + cfg.anchor_weight * terms["anchor"] + cfg.context_weight * terms["context"]
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            history.append({k: float(v.detach()) for k, v in
-                            (("loss", loss), ("alignment", alignment), ("anchor", anchor))})
+            history.append({"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()}})
     for adaptor in adaptors:
         adaptor.eval()
     if not fixed:  # the keys each layer sees at test time: the adaptors below with their binary gates
         pos_keys = read_keys(lm, modules, adaptors, pos_rows, pos_last)
         anc_keys = read_keys(lm, modules, adaptors, anc_rows, anc_last)
     kinds = dict(Counter(p.kind for p in positives))
-    return [AdaptorFit(a, _diagnostics(a, kp, ka, g[owners], g[anchor_owners], cfg, history, kinds))
-            for a, g, kp, ka in zip(adaptors, goals, pos_keys, anc_keys)]
+    return [AdaptorFit(a, _diagnostics(a, kp, ka, torch.cat(ko), g[owners], g[anchor_owners], cfg, history, kinds))
+            for a, g, kp, ka, ko in zip(adaptors, goals, pos_keys.subject, anc_keys.subject, pos_keys.others)]
+
+
+def _step_losses(adaptors: list[KeyAdaptor], goals: list[torch.Tensor], owners: torch.Tensor, pos: Keys, anc: Keys,
+                 context: bool) -> dict[str, torch.Tensor]:
+    """The reference's terms, summed over layers: the (negative) alignment of the batch's subject
+    keys with their goals, MSE(k̂, k) at the anchors, and (``context``) at every other token of
+    the batch's prompts (the authors' ``kl_loss`` of type ``mse``)."""
+    alignment = anchor = other = torch.zeros(())
+    for adaptor, goal, kp, ka, ko in zip(adaptors, goals, pos.subject, anc.subject, pos.others):
+        alignment = alignment - (F.normalize(adaptor(kp), dim=-1) * goal[owners]).sum(-1).mean()
+        anchor = anchor + F.mse_loss(adaptor(ka), ka)
+        if context:
+            ko = torch.cat(ko)
+            other = other + F.mse_loss(adaptor(ko), ko)
+    return {"alignment": alignment, "anchor": anchor, "context": other}
 
 
 @torch.no_grad()
-def _diagnostics(adaptor: KeyAdaptor, pos: torch.Tensor, anc: torch.Tensor, goal: torch.Tensor,
+def _diagnostics(adaptor: KeyAdaptor, pos: torch.Tensor, anc: torch.Tensor, others: torch.Tensor, goal: torch.Tensor,
                  anchor_goal: torch.Tensor, cfg, history: list[dict], kinds: dict[str, int]) -> dict:
     gate, anchor_gate = adaptor.gate_prob(pos), adaptor.gate_prob(anc)
     return {
@@ -213,10 +242,14 @@ def _diagnostics(adaptor: KeyAdaptor, pos: torch.Tensor, anc: torch.Tensor, goal
         "losses": [h["loss"] for h in history],
         "alignment_loss": history[-1]["alignment"] if history else None,
         "anchor_loss": history[-1]["anchor"] if history else None,
+        "context_loss": history[-1]["context"] if history and cfg.context_weight > 0 else None,
         "gate_mean": float(gate.mean()),
         "gate_open_share": float((gate >= cfg.tau).float().mean()),
         "anchor_gate": float(anchor_gate.mean()),
         "anchor_gate_open_share": float((anchor_gate >= cfg.tau).float().mean()),
+        # every other token of the training prompts (the relation's words, the long contexts):
+        # where an open gate changes keys that no edit asked for
+        "context_gate_open_share": float((adaptor.gate_prob(others) >= cfg.tau).float().mean()) if len(others) else None,
         "similarity_before": unit_similarity(pos, goal),
         "similarity_soft_gate": unit_similarity(pos + adaptor.branch(pos, hard=False), goal),  # as trained
         "similarity_after": unit_similarity(adaptor(pos), goal),  # the binary gate, as at test time

@@ -33,11 +33,10 @@ from robustedit.data import load_cases
 from robustedit.editors.base import Delta, applied
 from robustedit.errors import UserError
 from robustedit.eval.filters import known_cases
-from robustedit.eval.intervals import bootstrap_mean, paired_difference, per_case
 from robustedit.eval.metrics import case_metrics, score_case
 from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
 from robustedit.eval.runner import RunInfo, read_records, run_evaluation
-from robustedit.experiments import EXPERIMENTS, Experiment
+from robustedit.experiments import EXPERIMENTS, Experiment, tables
 from robustedit.progress import progress
 
 log = logging.getLogger(__name__)
@@ -77,32 +76,8 @@ def base_row(row: str) -> str | None:
 
 
 def row_statistics(records: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per row: each column's mean with its bootstrap interval, and for REP rows the paired
-    difference from the base row on the cases both scored."""
-    out = {}
-    for row, recs in records.items():
-        stats = {"intervals": {}, "differences": {}}
-        base = base_row(row)
-        for _, metric in COLUMNS:
-            values = per_case(recs, metric)
-            iv = bootstrap_mean(values.values())
-            if iv is not None:
-                stats["intervals"][metric] = iv.as_dict()
-            if base in records:
-                d = paired_difference(values, per_case(records[base], metric))
-                if d is not None:
-                    stats["differences"][metric] = d.as_dict()
-        if base in records:
-            stats["compared_with"] = base
-        out[row] = stats
-    return out
-
-
-def _cell(entry: dict | None, signed: bool = False) -> str:
-    if entry is None:
-        return "–"
-    sign = "+" if signed else ""
-    return f"{100 * entry['mean']:{sign}.1f} [{100 * entry['low']:{sign}.1f}, {100 * entry['high']:{sign}.1f}]"
+    """Intervals of every column and, for REP rows, paired differences from the base editor."""
+    return tables.row_statistics(records, [k for _, k in COLUMNS], base_row)
 
 
 def table_markdown(results: dict[str, dict], stats: dict[str, dict], dataset: str, model: str,
@@ -120,17 +95,8 @@ def table_markdown(results: dict[str, dict], stats: dict[str, dict], dataset: st
              "|---|---|" + "---|" * len(COLUMNS)]
     for row, summary in results.items():
         iv = stats.get(row, {}).get("intervals", {})
-        lines.append(f"| {row} | {summary['n_cases']} | " + " | ".join(_cell(iv.get(k)) for _, k in COLUMNS) + " |")
-    diffs = {row: s for row, s in stats.items() if s.get("differences")}
-    if diffs:
-        lines += ["", "Paired differences from the base editor, in points, on the cases both rows scored "
-                  "[95% bootstrap interval of the mean difference]:", "",
-                  "| editor − base | cases | " + " | ".join(c for c, _ in COLUMNS) + " |",
-                  "|---|---|" + "---|" * len(COLUMNS)]
-        for row, s in diffs.items():
-            n = max(d["n"] for d in s["differences"].values())
-            lines.append(f"| {row} − {s['compared_with']} | {n} | "
-                         + " | ".join(_cell(s["differences"].get(k), signed=True) for _, k in COLUMNS) + " |")
+        lines.append(f"| {row} | {summary['n_cases']} | " + " | ".join(tables.cell(iv.get(k)) for _, k in COLUMNS) + " |")
+    lines += tables.difference_lines(stats, list(COLUMNS))
     return "\n".join(lines) + "\n"
 
 

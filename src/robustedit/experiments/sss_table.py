@@ -1,15 +1,20 @@
 """``robustedit reproduce sss-table`` and ``reproduce sss-c-sweep``: the SSS paper's Table 1 and
 Figure 3 on the embedded model.
 
-**sss-table.** Rows FT-L, MEND, SERAC, each without and with SSS (``--only`` for a subset); on
-zsRE (``zsre-knowedit``: KnowEdit's zsRE test set, which has the rephrase and locality prompts the
-columns need; the REP paper's zsRE file has no rephrases) and CounterFact (``counterfact``), each edit made alone
-on the unedited model, every case (the paper does not filter by what the model knows), the first
-``TABLE_CASES`` of each file unless ``--limit``. Columns in the paper's terms, as EasyEdit scores
-them: Reliability (``efficacy_acc``), Generality (``paraphrase_acc``), Locality (``locality_acc``),
-teacher-forced token accuracy. MEND and SERAC are trained on zsRE (``robustedit train ...``), so
-their CounterFact columns are out of domain, as in the paper. A trained editor that is missing is
-a one-line error naming its train command, before anything runs.
+**sss-table.** Rows FT-L, MEND, SERAC, each without and with SSS (``--only`` for a subset, and
+for the extra FT-L rows: ``ft-l+sss-reference`` with the authors' form of the term,
+``ft-l+sss-paper`` with the paper's, ``ft-l+sss-detached`` the control whose term carries no
+gradient, ``ft-l+sss-reference-detached``); on zsRE (``zsre-knowedit``: KnowEdit's zsRE test set,
+which has the rephrase and locality prompts the columns need) and CounterFact (``counterfact``),
+each edit made alone on the unedited model, every case (the paper does not filter by what the
+model knows): the first ``FTL_CASES`` of each file for FT-L rows (an edit takes seconds), every
+case for MEND and SERAC (a tenth of a second), or ``--limit`` for all. Columns in the paper's
+terms, as EasyEdit scores them: Reliability (``efficacy_acc``), Generality (``paraphrase_acc``),
+Locality (``locality_acc``), teacher-forced token accuracy, each a mean over cases with its 95%
+bootstrap interval; every ``+sss`` row also gets its paired difference from its base editor on
+the same cases (``experiments/tables.py``). MEND and SERAC are trained on zsRE
+(``robustedit train ...``), so their CounterFact columns are out of domain, as in the paper. A
+trained editor that is missing is a one-line error naming its train command, before anything runs.
 
 **sss-c-sweep.** FT-L + SSS with C ∈ ``C_VALUES`` (C = 0 is plain FT-L) on zsRE (``zsre-knowedit``), the same three
 metrics against C, as the paper's Figure 3. Trained editors would need one training per C; they
@@ -27,28 +32,55 @@ from pathlib import Path
 
 from robustedit.data import load_cases
 from robustedit.errors import UserError
-from robustedit.eval.runner import RunInfo, run_evaluation
-from robustedit.experiments import EXPERIMENTS, Experiment
+from robustedit.eval.runner import RunInfo, read_records, run_evaluation
+from robustedit.experiments import EXPERIMENTS, Experiment, tables
 
 log = logging.getLogger(__name__)
 ROWS = ("ft-l", "ft-l+sss", "mend", "mend+sss", "serac", "serac+sss")
+# Extra FT-L rows: the SSS term in each form, and the detached control (editors/sss.py).
+VARIANTS = {"-reference": "sss.form=reference", "-paper": "sss.form=paper", "-detached": "sss.detach=true"}
+EXTRA_ROWS = ("ft-l+sss-reference", "ft-l+sss-paper", "ft-l+sss-detached", "ft-l+sss-reference-detached")
 TRAINED = ("mend", "mend+sss", "serac", "serac+sss")
 DATASETS = ("zsre-knowedit", "counterfact")
-TABLE_CASES = 100
+FTL_CASES = 200
 C_VALUES = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 SWEEP_CASES = 20
 COLUMNS = (("Reliability", "efficacy_acc"), ("Generality", "paraphrase_acc"), ("Locality", "locality_acc"))
 
 
+def row_editor(row: str, sets: list[str]) -> tuple[str, list[str]]:
+    """The registered editor of a table row and its ``--set`` overrides (variant suffixes first)."""
+    name, extra = row, []
+    for suffix, setting in VARIANTS.items():
+        if suffix in name:
+            name = name.replace(suffix, "")
+            extra.append(setting)
+    return name, [*extra, *(s for s in sets if not s.startswith("sss.") or "+sss" in name)]
+
+
+def base_row(row: str) -> str | None:
+    """The row a ``+sss`` row is compared with (its editor without SSS), or None."""
+    return row.split("+", 1)[0] if "+sss" in row else None
+
+
 def _evaluate(lm, name: str, sets: list[str], dataset: str, cases, folder: Path, command: str, seed: int) -> dict:
     from robustedit.session import make_editor
 
+    wanted = [c.case_id for c in cases]
     if (folder / "summary.json").exists():
-        return json.loads((folder / "summary.json").read_text())
-    (folder / "records.jsonl").unlink(missing_ok=True)  # a row cut short starts over
+        summary = json.loads((folder / "summary.json").read_text())
+        done = [r["case_id"] for r in read_records(folder / "records.jsonl")]
+        if summary.get("n_cases") == len(wanted) and set(done) >= set(wanted):
+            return summary
+    (folder / "records.jsonl").unlink(missing_ok=True)  # a row cut short, or of other cases, starts over
     editor, cfg = make_editor(name, lm, sets=sets)
     info = RunInfo(name, lm.name, dataset, cfg, seed=seed, command=command)
     return run_evaluation(editor, cases, folder, info, robustness=None)
+
+
+def _records(folder: Path, cases) -> list[dict]:
+    wanted = {c.case_id for c in cases}
+    return [r for r in read_records(folder / "records.jsonl") if r["case_id"] in wanted]
 
 
 def _check_trained(lm, rows: list[str], sets: list[str]) -> None:
@@ -59,19 +91,26 @@ def _check_trained(lm, rows: list[str], sets: list[str]) -> None:
         make_editor(row, lm, sets=[s for s in sets if s.startswith(("checkpoint=", "threshold="))])
 
 
-def table_markdown(results: dict, model: str, sizes: dict[str, int]) -> str:
-    head = " | ".join(f"{d} {c}" for d in DATASETS if d in sizes for c, _ in COLUMNS)
+def table_markdown(results: dict, stats: dict, model: str) -> str:
+    """One table per dataset: each cell mean [95% interval] with the row's case count, then the
+    paired differences of the ``+sss`` rows from their base editors."""
     lines = [f"# SSS table on {model}", "",
-             "Token accuracy in % (SSS paper Table 1, EasyEdit's scoring); each edit alone on the unedited model; "
-             + ", ".join(f"{d}: first {n} cases" for d, n in sizes.items())
-             + ". MEND and SERAC are trained on zsRE: CounterFact is out of domain for them.", "",
-             f"| editor | {head} | edit s (median) |", "|---|" + "---|" * (len(sizes) * len(COLUMNS) + 1)]
-    for row, per_dataset in results.items():
-        cells = [f"{100 * per_dataset[d]['metrics'][k]:.1f}" if k in per_dataset.get(d, {}).get("metrics", {}) else "–"
-                 for d in DATASETS if d in sizes for _, k in COLUMNS]
-        times = [per_dataset[d]["timing"].get("edit_s_median") for d in sizes if d in per_dataset]
-        t = f"{times[0]:.2f}" if times and times[0] is not None else "–"
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {t} |")
+             "Token accuracy in % (SSS paper Table 1, EasyEdit's scoring), mean over cases [95% bootstrap interval]; "
+             "each edit alone on the unedited model. MEND and SERAC are trained on zsRE: CounterFact is out of "
+             "domain for them."]
+    columns = list(COLUMNS)
+    for d in DATASETS:
+        rows = {r: per[d] for r, per in results.items() if d in per}
+        if not rows:
+            continue
+        lines += ["", f"## {d}", "", "| editor | cases | " + " | ".join(c for c, _ in columns) + " | edit s (median) |",
+                  "|---|---|" + "---|" * (len(columns) + 1)]
+        for row, summary in rows.items():
+            iv = stats[d].get(row, {}).get("intervals", {})
+            t = summary["timing"].get("edit_s_median")
+            lines.append(f"| {row} | {summary['n_cases']} | " + " | ".join(tables.cell(iv.get(k)) for _, k in columns)
+                         + f" | {'–' if t is None else f'{t:.2f}'} |")
+        lines += tables.difference_lines(stats[d], columns)
     return "\n".join(lines) + "\n"
 
 
@@ -97,25 +136,43 @@ def run_table(*, out: Path | None, model: str, config: str | None, sets: list[st
 
     _reject(config, dataset, known_only, "sss-table")
     rows = list(only or ROWS)
-    unknown = [r for r in rows if r not in ROWS]
+    unknown = [r for r in rows if r not in (*ROWS, *EXTRA_ROWS)]
     if unknown:
-        raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+        raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join((*ROWS, *EXTRA_ROWS))}")
     out = Path(out or "runs/reproduce-sss-table")
     lm = _setup(model, dtype, device, seed)
     _check_trained(lm, rows, sets)
     command = "robustedit " + shlex.join(sys.argv[1:])
-    n = limit or TABLE_CASES
-    data = {d: load_cases(d, limit=n) for d in DATASETS}
-    sizes = {d: len(c) for d, c in data.items()}
+    every = {d: load_cases(d) for d in DATASETS}
+
+    def cases_of(row: str, d: str):  # FT-L rows: the first FTL_CASES; trained editors: every case
+        n = limit or (FTL_CASES if row.startswith("ft-l") else None)
+        return every[d][:n] if n else every[d]
+
     results: dict[str, dict] = {}
+    records: dict[str, dict[str, list[dict]]] = {d: {} for d in DATASETS}
     for row in rows:
-        results[row] = {d: _evaluate(lm, row, sets, d, cases, out / row / d, command, seed) for d, cases in data.items()}
+        name, row_sets = row_editor(row, sets)
+        results[row] = {}
+        for d in DATASETS:
+            cases = cases_of(row, d)
+            results[row][d] = _evaluate(lm, name, row_sets, d, cases, out / row / d, command, seed)
+            records[d][row] = _records(out / row / d, cases)
+    for d in DATASETS:  # a base row finished in an earlier run of this --out still pairs with its +sss rows
+        for row in list(records[d]):
+            base = base_row(row)
+            if base and base not in records[d] and (out / base / d / "summary.json").exists():
+                records[d][base] = _records(out / base / d, every[d])
+    metrics = [k for _, k in COLUMNS]
+    stats = {d: tables.row_statistics(records[d], metrics, base_row) for d in DATASETS}
+    sizes = {d: max(len(cases_of(r, d)) for r in rows) for d in DATASETS}
     out.mkdir(parents=True, exist_ok=True)
     (out / "sss_table.json").write_text(json.dumps(
-        {"model": lm.name, "command": command, "cases": sizes,
-         "rows": {r: {d: {"n_cases": s["n_cases"], "metrics": s["metrics"], "timing": s["timing"]} for d, s in per.items()}
+        {"model": lm.name, "command": command,
+         "rows": {r: {d: {"n_cases": s["n_cases"], "metrics": s["metrics"], "timing": s["timing"],
+                          "config": s.get("config"), **stats[d][r]} for d, s in per.items()}
                   for r, per in results.items()}}, indent=2) + "\n")
-    (out / "sss_table.md").write_text(table_markdown(results, lm.name, sizes))
+    (out / "sss_table.md").write_text(table_markdown(results, stats, lm.name))
     plot_table(results, sizes, out / "sss_table.png")
     log.info("wrote %s/sss_table.{json,md,png}", out)
     return results

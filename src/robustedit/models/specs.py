@@ -7,7 +7,7 @@ per-layer path is the layer index.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from robustedit.errors import UserError
 from robustedit.registry import Registry
@@ -22,7 +22,8 @@ class ArchSpec:
     ``weight_is_in_out`` is True for GPT-2's ``Conv1D``, whose weight is stored (in, out) instead
     of ``nn.Linear``'s (out, in).
     ``mlp`` and ``attn`` are the MLP and attention modules of a decoder layer, relative to the
-    layer (causal tracing restores their outputs).
+    layer (causal tracing restores their outputs). ``mlp_in`` are the MLP's input projections,
+    relative to the layer (MEND edits them too with ``matrices="mlp"``, as its reference does).
     """
 
     layers: str
@@ -34,6 +35,7 @@ class ArchSpec:
     weight_is_in_out: bool = False
     mlp: str = "mlp"
     attn: str = "self_attn"
+    mlp_in: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj")
 
     def layer_path(self, i: int) -> str:
         return f"{self.layers}.{i}"
@@ -52,13 +54,15 @@ _LLAMA_LIKE = ArchSpec(
     lm_head="lm_head",
     base="model",
 )
-for _name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2"):
+for _name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2"):
     ARCHITECTURES.register(_name, _LLAMA_LIKE)
+ARCHITECTURES.register("phi3", replace(_LLAMA_LIKE, mlp_in=("mlp.gate_up_proj",)))  # gate and up fused
 
 _GPT2_LIKE = dict(layers="transformer.h", embeddings="transformer.wte", final_norm="transformer.ln_f",
                   lm_head="lm_head", base="transformer", attn="attn")
-ARCHITECTURES.register("gpt2", ArchSpec(down_proj="mlp.c_proj", weight_is_in_out=True, **_GPT2_LIKE))
-ARCHITECTURES.register("gptj", ArchSpec(down_proj="mlp.fc_out", **_GPT2_LIKE))
+ARCHITECTURES.register("gpt2", ArchSpec(down_proj="mlp.c_proj", weight_is_in_out=True, mlp_in=("mlp.c_fc",),
+                                        **_GPT2_LIKE))
+ARCHITECTURES.register("gptj", ArchSpec(down_proj="mlp.fc_out", mlp_in=("mlp.fc_in",), **_GPT2_LIKE))
 ARCHITECTURES.register(
     "gpt_neox",
     ArchSpec(
@@ -69,6 +73,7 @@ ARCHITECTURES.register(
         lm_head="lm_head",
         base="gpt_neox",
         attn="attention",
+        mlp_in=("mlp.dense_h_to_4h",),
     ),
 )
 # Gemma 3 checkpoints with a vision tower report "gemma3"; their text model sits one level down.
