@@ -42,7 +42,8 @@ from robustedit.session import make_editor
 METRICS = ["efficacy_top1", "locality_top1", "rephrase_subject_id", "shuffle_subject_id", "long_context_id",
            "rephrase_subject_ood", "shuffle_subject_ood", "long_context_ood"]
 ROBUSTNESS = METRICS[2:]
-FIT = ["gate_mean", "gate_open_share", "anchor_gate_open_share", "similarity_before", "similarity_after"]
+FIT = ["gate_mean", "gate_open_share", "anchor_gate_open_share", "context_gate_open_share", "similarity_before",
+       "similarity_after"]
 GUARD_POINTS = 0.05  # Success and Locality may fall this much (5 points) at most
 
 
@@ -83,8 +84,17 @@ def main() -> None:
     any_editor = next(iter(editors.values()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "cases.jsonl", "w") as log:
+    done: dict[str, dict[str, dict]] = {}  # a run cut short continues: its finished cases are read back
+    if (out / "cases.jsonl").exists():
+        for line in (out / "cases.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            done.setdefault(row.pop("case_id"), {})[row.pop("setting")] = row
+    with open(out / "cases.jsonl", "a") as log:
         for case in progress(cases, desc="cases"):
+            if set(done.get(case.case_id, {})) >= set(per_case):
+                for c in per_case:
+                    per_case[c][case.case_id] = done[case.case_id][c]
+                continue
             probes = robustness_probes(case, lm.tokenizer, rob)
             request = dataclasses.replace(case.request, in_domain=in_domain(probes))
             pre = score_case(lm, case, probes)
@@ -104,6 +114,7 @@ def main() -> None:
                 per_case[c][case.case_id] = {**m, **fit, "adapt_s": seconds}
             for c, rows in per_case.items():
                 log.write(json.dumps({"case_id": case.case_id, "setting": c, **rows[case.case_id]}) + "\n")
+            log.flush()
     results = summarize(per_case, base_name)
     per_layer = {c: {layer: {k: fmean(f[k] for f in fs) for k in FIT if all(k in f for f in fs)}
                      for layer, fs in by_layer.items()} for c, by_layer in layer_fits.items()}

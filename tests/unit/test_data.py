@@ -238,3 +238,8 @@ def test_zsre_mend_schema(tmp_path):
     assert case.request == EditRequest("What is the product made by {}?", "UniFirst", "unmanned aircraft", "uniform")
     assert case.paraphrase_prompts == ("What will be the product of UniFirst?",)
     assert case.neighborhood_answer == "Walter"
+
+
+def test_blank_prompts_in_a_list_are_dropped():
+    case = next(c for c in load_cases("rep-valid") if c.case_id == "60")  # its file lists one "" rephrase
+    assert case.paraphrase_prompts and all(p.strip() for p in case.paraphrase_prompts)

@@ -109,6 +109,7 @@ def test_training_pulls_the_keys_to_the_goal_and_the_anchor_holds_the_bare_promp
     (anchored,), _, _ = _fit(lm, anchor_weight=1e4)
     assert free.info["similarity_after"] > free.info["similarity_before"] + 0.05, free.info
     assert not free.adaptor.training and free.info["kinds"]["prefix"] == 3
+    assert set(free.info["gate_open_by_kind"]) == set(free.info["kinds"])
     moved = lambda info: abs(info["anchor_similarity_after"] - info["anchor_similarity_before"])  # noqa: E731
     assert moved(anchored.info) < 0.25 * moved(free.info), (anchored.info, free.info)
 

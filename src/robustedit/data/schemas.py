@@ -140,14 +140,15 @@ def text_field(record: Mapping[str, Any], *path: str) -> str:
 
 
 def texts_field(record: Mapping[str, Any], *path: str) -> tuple[str, ...]:
-    """A list of strings, a single string, or null (→ empty)."""
+    """A list of strings, a single string, or null (→ empty); blank strings are dropped (an empty
+    prompt has nothing to score: rep_valid.json and rep_test.json hold seven)."""
     value = field_value(record, *path)
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,)
+        return (value,) if value.strip() else ()
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
+        return tuple(v for v in value if v.strip())
     raise BadRecord(f"field {'.'.join(path)!r} should be a list of strings, a string or null")
 
 

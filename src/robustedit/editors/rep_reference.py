@@ -211,7 +211,7 @@ def fit_reference(lm, modules: list[torch.nn.Module], goals: list[torch.Tensor],
     if not fixed:  # the keys each layer sees at test time: the adaptors below with their binary gates
         pos_keys = read_keys(lm, modules, adaptors, pos_rows, pos_last)
         anc_keys = read_keys(lm, modules, adaptors, anc_rows, anc_last)
-    kinds = dict(Counter(p.kind for p in positives))
+    kinds = [p.kind for p in positives]
     return [AdaptorFit(a, _diagnostics(a, kp, ka, torch.cat(ko), g[owners], g[anchor_owners], cfg, history, kinds))
             for a, g, kp, ka, ko in zip(adaptors, goals, pos_keys.subject, anc_keys.subject, pos_keys.others)]
 
@@ -233,18 +233,21 @@ def _step_losses(adaptors: list[KeyAdaptor], goals: list[torch.Tensor], owners: 
 
 @torch.no_grad()
 def _diagnostics(adaptor: KeyAdaptor, pos: torch.Tensor, anc: torch.Tensor, others: torch.Tensor, goal: torch.Tensor,
-                 anchor_goal: torch.Tensor, cfg, history: list[dict], kinds: dict[str, int]) -> dict:
+                 anchor_goal: torch.Tensor, cfg, history: list[dict], kinds: list[str]) -> dict:
     gate, anchor_gate = adaptor.gate_prob(pos), adaptor.gate_prob(anc)
+    open_ = (gate[:, 0] >= cfg.tau).float()
+    by_kind = {k: float(open_[[i for i, kind in enumerate(kinds) if kind == k]].mean()) for k in dict.fromkeys(kinds)}
     return {
         "variant": "reference",
         "n_keys": len(pos),
-        "kinds": kinds,
+        "kinds": dict(Counter(kinds)),
         "losses": [h["loss"] for h in history],
         "alignment_loss": history[-1]["alignment"] if history else None,
         "anchor_loss": history[-1]["anchor"] if history else None,
         "context_loss": history[-1]["context"] if history and cfg.context_weight > 0 else None,
         "gate_mean": float(gate.mean()),
-        "gate_open_share": float((gate >= cfg.tau).float().mean()),
+        "gate_open_share": float(open_.mean()),
+        "gate_open_by_kind": by_kind,  # e.g. open on shuffles, shut on the prefixes of the original subject
         "anchor_gate": float(anchor_gate.mean()),
         "anchor_gate_open_share": float((anchor_gate >= cfg.tau).float().mean()),
         # every other token of the training prompts (the relation's words, the long contexts):
