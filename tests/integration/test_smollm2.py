@@ -118,9 +118,10 @@ def test_sequential_memit_saves_loads_and_undoes_exactly(smollm2, tmp_path):
 
 
 def test_rome_with_rep_edits_trains_its_adaptor_and_undoes_exactly(smollm2, tmp_path):
-    """ROME + REP on the first rep-valid case: the edit takes, the adaptor's training pulls the
-    in-domain keys toward k* (under its soft gate), neighbours mostly keep their answer, and the
-    saved edit (weights + adaptor) loads and undoes bit-exactly."""
+    """ROME + REP (shipped settings: the authors' variant) on the first rep-valid case: the edit
+    takes, the adaptor trains on the reference's key kinds and pulls them toward the goal (under
+    its soft gate) while its gate stays shut at the bare prompt's key, neighbours mostly keep their
+    answer, and the saved edit (weights + adaptor) loads and undoes bit-exactly."""
     import dataclasses
 
     from robustedit.editors import load_edit, save_edit, undo_saved
@@ -134,7 +135,10 @@ def test_rome_with_rep_edits_trains_its_adaptor_and_undoes_exactly(smollm2, tmp_
     before = top1(smollm2, list(case.neighborhood_prompts))
     delta = editor.edit([request])
     rep = delta.info["rep"][str(editor.config.layer)]
-    assert rep["similarity_soft_gate"] > rep["similarity_before"], rep
+    assert rep["variant"] == "reference" and rep["similarity_soft_gate"] > rep["similarity_before"], rep
+    assert set(rep["kinds"]) == {"prefix", "rephrase_subject", "shuffle_subject", "long_context"}
+    assert rep["kinds"]["prefix"] == len(editor.base.context_templates()) - 1  # the original subject in each prefix
+    assert rep["anchor_gate_open_share"] == 0.0, rep
     target = smollm2.tokenizer(" " + case.request.target_new, add_special_tokens=False)["input_ids"][0]
     with applied(smollm2, delta):
         assert top1(smollm2, [case.request.text])[0] == target

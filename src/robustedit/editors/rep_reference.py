@@ -60,7 +60,7 @@ from robustedit.editors.keys import subject_prompts
 from robustedit.editors.rep_fit import AdaptorFit, gate_width, unit_similarity
 from robustedit.errors import UserError
 from robustedit.models.hooks import StopForward, hooked
-from robustedit.models.text import pad, pad_id
+from robustedit.models.text import length_batches, pad, pad_id
 from robustedit.request import EditRequest, Probe
 
 
@@ -118,16 +118,16 @@ class Keys:
 
 @torch.no_grad()
 def read_keys(lm, modules: list[torch.nn.Module], adaptors: list[KeyAdaptor] | None, rows: list[list[int]],
-              last: list[int], batch_size: int = 32) -> Keys:
+              last: list[int], batch_size: int = 32, max_tokens: int = 4096) -> Keys:
     """The input of each module (bottom-up) at the subject's last token of each row and at its
     other tokens, float32; with ``adaptors`` (one per module, in whatever mode they are), each
     module's adaptor rewrites its keys for the modules above. The forward pass stops at the top
-    module. Rows are batched by length (a 512-token long context pads only its own batch)."""
+    module. Rows are batched by length under a padded-token budget (a 512-token long context does
+    not pad thirty short prompts to its length)."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     subject: list[list[torch.Tensor]] = [[] for _ in modules]
     others: list[list[torch.Tensor | None]] = [[None] * len(rows) for _ in modules]
-    for start in range(0, len(order), batch_size):
-        picked = order[start : start + batch_size]
+    for picked in length_batches(order, batch_size, max_tokens, size=lambda i: len(rows[i])):
         batch = pad([rows[i] for i in picked], pad_id(lm.tokenizer), lm.device)
         r = torch.arange(len(picked), device=lm.device)
         c = torch.tensor([last[i] for i in picked], device=lm.device)

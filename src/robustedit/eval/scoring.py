@@ -21,7 +21,7 @@ import torch
 from robustedit.models.forward import logits_at, packed_hidden_states, position_logits
 from robustedit.models.load import LanguageModel
 from robustedit.models.packing import batch_tensors, pack
-from robustedit.models.text import encode, pad, pad_id, target_ids
+from robustedit.models.text import encode, length_batches, pad, pad_id, target_ids
 
 
 @dataclass(frozen=True)
@@ -35,18 +35,6 @@ class TargetScore:
     @property
     def first_top1(self) -> bool:
         return self.next_token == self.target[0]
-
-
-def length_batches(seqs: list[tuple], batch_size: int, max_tokens: int) -> list[list[tuple]]:
-    """Length-sorted ``seqs`` cut into batches of at most ``batch_size`` rows and ``max_tokens``
-    padded tokens: one 512-token prompt must not pad fifty short ones to its length (the REP
-    paper's long-context probes made one case's scoring 5× slower that way)."""
-    batches: list[list[tuple]] = []
-    for seq in seqs:  # ascending length, so a batch pads to its last sequence's length
-        if not batches or len(batches[-1]) == batch_size or (len(batches[-1]) + 1) * len(seq) > max_tokens:
-            batches.append([])
-        batches[-1].append(seq)
-    return batches
 
 
 @torch.inference_mode()
