@@ -142,7 +142,7 @@ def test_the_reference_form_is_the_summed_squared_gradient_at_the_final_hidden_s
         residual = z.softmax(-1) - torch.nn.functional.one_hot(tf.target_tok, z.shape[-1]).double()
         W = lm.model.get_output_embeddings().weight.double()  # (vocab, d)
         expected = ((residual @ W) / len(tf.target_tok)).pow(2).sum()
-    assert float(sss) == pytest.approx(float(expected), rel=1e-4)
+    assert float(sss.detach()) == pytest.approx(float(expected), rel=1e-4)
 
 
 @pytest.mark.parametrize("form", ["paper", "reference"])

@@ -35,7 +35,12 @@ again (``create_graph=True``), so its gradient reaches the trained parameters.
 | FT-L | SSS applied (Table 1) | never applied: ``'SSS' in alg_name.lower()`` is always false | applied in both forms |
 | gradient through the term | implied (Eq. 10 is a loss) | none in the first release, ``create_graph`` added later | through it; ``detach=true`` cuts it |
 | MEND mixing | (1 − C)·L + C·SSS | C·SSS + (1 − C)(0.1·l_edit + l_loc) | the code's (``training/mend.py``) |
-| SERAC mixing | (1 − C)·L + C·SSS | only l_edit of the counterfactual model | the code's (``training/serac.py``) |
+| SERAC mixing | (1 − C)·L + C·SSS | only l_edit of the counterfactual model | the code's (``training/serac.py``)¹ |
+
+¹ The paper's mixing would also scale the scope classifier's loss by (1 − C). The classifier's
+parameters are disjoint from the counterfactual model's and Adam's steps do not change when a
+parameter's whole gradient is scaled (up to its ε), so the two mixings train the same editor; one
+is offered.
 
 ``detach=true`` keeps the value of the term in the loss but carries no gradient through it, so
 L = (1 − C)·L_ori + C·SSS then trains exactly as (1 − C)·L_ori: the control that tells "SSS
