@@ -168,3 +168,20 @@ def test_workers_get_the_drivers_cache_settings_but_no_progress_bars_or_tokens(m
     assert env["ROBUSTEDIT_CACHE"] == "/somewhere/cache" and env["HF_HOME"] == "/somewhere/hf"
     assert env["ROBUSTEDIT_QUIET"] == "1" and env["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
     assert "HF_TOKEN" not in env
+
+
+def test_evaluators_sharing_pre_scores_score_each_case_unedited_once_and_write_the_same_records(
+        spec, cases, unsharded, tmp_path, monkeypatch):
+    import robustedit.eval.runner as runner
+
+    calls = []
+    real = runner.score_case
+    monkeypatch.setattr(runner, "score_case", lambda lm, case, probes=None: calls.append(case.case_id) or real(lm, case, probes))
+    editor, config = spec.build()
+    shared: dict = {}
+    for name in ("first", "second"):
+        run_evaluation(LocalEvaluator(editor, EvalOptions(), shared), cases, tmp_path / name,
+                       RunInfo("rome", "tiny", "hand-made", config), show_progress=False)
+        assert without_timing(read_records(tmp_path / name / "records.jsonl")) == unsharded
+    # each case: once unedited (first run only) and once edited per run
+    assert sorted(calls) == sorted([c.case_id for c in cases] * 3)

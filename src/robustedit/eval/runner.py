@@ -85,13 +85,21 @@ def seed_case(seed: int, case_id: str) -> None:
     seed_everything(case_rng(seed, case_id, "evaluate").getrandbits(32))
 
 
-def evaluate_case(editor: Editor, case: Case, options: EvalOptions = EvalOptions()) -> dict:
+def evaluate_case(editor: Editor, case: Case, options: EvalOptions = EvalOptions(),
+                  pre_scores: dict | None = None) -> dict:
     """Score ``case`` before and after its edit; with ``options.robustness``, its robustness probes
-    too (``eval.robustness``); with ``options.generation``, texts generated about the subject."""
+    too (``eval.robustness``); with ``options.generation``, texts generated about the subject.
+    ``pre_scores`` (case id → scores) keeps the unedited model's scores for the next editor that
+    evaluates the same case on the same model with the same options (``LocalEvaluator``)."""
     lm, robustness = editor.lm, options.robustness
     probes = robustness_probes(case, lm.tokenizer, robustness) if robustness else None
     t0 = time.perf_counter()
-    pre = score_case(lm, case, probes)
+    if pre_scores is not None and case.case_id in pre_scores:
+        pre = pre_scores[case.case_id]
+    else:
+        pre = score_case(lm, case, probes)
+        if pre_scores is not None:
+            pre_scores[case.case_id] = pre
     t1 = time.perf_counter()
     references = _references(lm, case, options.generation)
     t_ref = time.perf_counter()
@@ -162,10 +170,12 @@ class Evaluator(Protocol):
 
 
 class LocalEvaluator:
-    """Evaluates cases one after another with one editor in this process."""
+    """Evaluates cases one after another with one editor in this process. Several evaluators of
+    one model and one ``options`` (e.g. the rows of a table) may share ``pre_scores``, so that each
+    case is scored on the unedited model once: every editor restores the weights exactly."""
 
-    def __init__(self, editor: Editor, options: EvalOptions = EvalOptions()):
-        self.editor, self.options = editor, options
+    def __init__(self, editor: Editor, options: EvalOptions = EvalOptions(), pre_scores: dict | None = None):
+        self.editor, self.options, self.pre_scores = editor, options, pre_scores
 
     def prepare(self) -> None:
         self.editor.prepare()
@@ -173,7 +183,7 @@ class LocalEvaluator:
     def records(self, cases: list[Case]) -> Iterator[dict]:
         for case in cases:
             seed_case(self.options.seed, case.case_id)
-            yield evaluate_case(self.editor, case, self.options)
+            yield evaluate_case(self.editor, case, self.options, self.pre_scores)
 
 
 def run_evaluation(editor: Editor | Evaluator, cases: list[Case], out_dir: Path, run: RunInfo, *,

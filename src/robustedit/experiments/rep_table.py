@@ -35,7 +35,7 @@ from robustedit.errors import UserError
 from robustedit.eval.filters import known_cases
 from robustedit.eval.metrics import case_metrics, score_case
 from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
-from robustedit.eval.runner import RunInfo, read_records, run_evaluation
+from robustedit.eval.runner import EvalOptions, LocalEvaluator, RunInfo, read_records, run_evaluation
 from robustedit.experiments import EXPERIMENTS, Experiment, tables
 from robustedit.progress import progress
 
@@ -181,9 +181,10 @@ def _known(lm, dataset: str, limit: int | None, known_only: bool = True) -> tupl
 
 
 def _run_row(row: str, lm, cases, folder: Path, sets: list[str], seed: int, command: str, dataset: str,
-             rob: RobustnessConfig, extra: dict) -> tuple[dict, list[dict]]:
+             rob: RobustnessConfig, extra: dict, pre_scores: dict) -> tuple[dict, list[dict]]:
     """Evaluate one row into ``folder``; a finished row is read back, a row cut short continues
-    where it stopped if its editor and settings are unchanged (else it starts over)."""
+    where it stopped if its editor and settings are unchanged (else it starts over). The rows
+    share ``pre_scores``: each case is scored on the unedited model once."""
     from robustedit.session import make_editor
 
     name, preset, row_sets = row_editor(row, sets)
@@ -200,7 +201,8 @@ def _run_row(row: str, lm, cases, folder: Path, sets: list[str], seed: int, comm
         folder.mkdir(parents=True, exist_ok=True)
         setup_path.write_text(json.dumps(setup, indent=2) + "\n")
     info = RunInfo(name, lm.name, dataset, cfg, seed=seed, command=command, extra=extra)
-    summary = run_evaluation(editor, cases, folder, info, resume=True, robustness=rob)
+    evaluator = LocalEvaluator(editor, EvalOptions(rob, seed), pre_scores)
+    summary = run_evaluation(evaluator, cases, folder, info, resume=True)
     return summary, read_records(folder / "records.jsonl")
 
 
@@ -229,9 +231,10 @@ def run(*, out: Path | None, model: str, config: str | None, sets: list[str], se
     if table_rows:
         cases, counts = _known(lm, dataset, limit, known_only)
         extra = {"filter": {"known_only": known_only, **counts}, "robustness": dataclasses.asdict(rob)}
-        records = {}
+        records, pre_scores = {}, {}
         for row in table_rows:
-            results[row], records[row] = _run_row(row, lm, cases, out / row, sets, seed, command, dataset, rob, extra)
+            results[row], records[row] = _run_row(row, lm, cases, out / row, sets, seed, command, dataset, rob, extra,
+                                                  pre_scores)
         # a base row already in OUT (from an earlier --only run) still pairs with its REP rows
         for row in list(records):
             base = base_row(row)
