@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from robustedit.paths import resource
+from robustedit.session import preset_names, resolve_editor
 from robustedit.config import from_dict, merge, parse_overrides, read_yaml, to_dict
 from robustedit.editors.rome import ROMEConfig
 from robustedit.errors import UserError
@@ -175,3 +177,19 @@ def test_read_yaml_errors(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="mapping"):
         read_yaml(listing)
+
+
+# --- shipped files ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", sorted(p for p in resource("configs").glob("*/*.yaml") if p.parent.name != "presets"),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_config_builds_its_editor_config(path):
+    editor, model = path.parent.name, path.stem
+    cls, config = resolve_editor(editor, model)
+    assert isinstance(config, cls.config_cls)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_builds_the_rep_editors(preset):
+    for editor in ("rome+rep", "memit+rep"):
+        resolve_editor(editor, "smollm2", config_file=preset)
