@@ -164,7 +164,7 @@ def test_detached_sss_trains_exactly_as_the_rescaled_edit_loss(tiny_lm_factory, 
             grads[name] = weight.grad.detach().clone()
             weight.grad = None
             if name == "detached":
-                assert not sss.requires_grad and float(loss) == pytest.approx(0.3 * float(J) + 0.7 * float(sss), rel=1e-5)
+                assert not sss.requires_grad and float(loss.detach()) == pytest.approx(0.3 * float(J.detach()) + 0.7 * float(sss), rel=1e-5)
     finally:
         weight.requires_grad_(False)
     torch.testing.assert_close(grads["detached"], grads["none"])
