@@ -9,10 +9,15 @@ generality and locality (EasyEdit's token accuracies; locality on the file's Nat
 ``loc`` question) with 95% bootstrap intervals and the paired difference from the base editor.
 
     python benchmarks/sss_calibrate.py --forms paper,reference --cs 0.01,0.05,0.2,0.5,0.9 --n 60
+    python benchmarks/sss_calibrate.py --cs paper=0.005,0.01,0.05 --cs reference=0.2,0.3,0.5 --n 40
 
-The rule the shipped defaults follow (``choose``): per form, the largest C whose reliability falls
-by at most 2 points against the base editor (point estimate of the paired difference); the
-detached control at that C is scored too (``--detached``). Records per setting under ``--out``.
+(``--cs FORM=…`` gives one form its own values; a plain list applies to every form.)
+
+The rules the shipped defaults follow: per form, the largest C whose reliability falls by at most
+2 points against the base editor (``choose``, point estimate of the paired difference); then the
+default form is the one whose chosen C raises locality most (``choose_form``: locality is what
+SSS is for). The detached control at each chosen C is scored too (``--detached``). Records per
+setting under ``--out``.
 """
 
 from __future__ import annotations
@@ -42,13 +47,19 @@ def evaluate(lm, editor: str, sets: list[str], cases, out: Path, label: str, arg
     return [r for r in read_records(out / "records.jsonl") if r["case_id"] in wanted]
 
 
-def choose(rows: dict[str, dict], forms: list[str], cs: list[float]) -> dict[str, float | None]:
+def choose(rows: dict[str, dict], cs: dict[str, list[float]]) -> dict[str, float | None]:
     """Per form, the largest C whose reliability drop is at most 2 points (None if no C is)."""
     chosen = {}
-    for form in forms:
-        ok = [c for c in cs if rows[f"{form} C={c}"]["diff"]["efficacy_acc"]["mean"] >= -MAX_RELIABILITY_DROP]
+    for form in cs:
+        ok = [c for c in cs[form] if rows[f"{form} C={c}"]["diff"]["efficacy_acc"]["mean"] >= -MAX_RELIABILITY_DROP]
         chosen[form] = max(ok) if ok else None
     return chosen
+
+
+def choose_form(rows: dict[str, dict], chosen: dict[str, float | None]) -> str | None:
+    """The form whose chosen C gives the largest locality gain over the base editor."""
+    gains = {form: rows[f"{form} C={c}"]["diff"]["locality_acc"]["mean"] for form, c in chosen.items() if c is not None}
+    return max(gains, key=gains.get) if gains else None
 
 
 def main() -> None:
@@ -57,7 +68,8 @@ def main() -> None:
     ap.add_argument("--editor", default="ft-l+sss")
     ap.add_argument("--dataset", default="zsre-train")
     ap.add_argument("--forms", default="paper,reference")
-    ap.add_argument("--cs", default="0.01,0.05,0.2,0.5,0.9")
+    ap.add_argument("--cs", action="append", help="C values, 'C1,C2,…' for every form or 'FORM=C1,C2,…' for one "
+                    "(repeatable; default 0.01,0.05,0.2,0.5,0.9)")
     ap.add_argument("--detached", action="store_true", help="also score the detached control at each chosen C")
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--n", type=int, default=60)
@@ -69,16 +81,16 @@ def main() -> None:
     cases = load_cases(args.dataset)[args.start: args.start + args.n]
     base = args.editor.split("+")[0]
     forms = [f for f in args.forms.split(",") if f]
-    cs = [float(c) for c in args.cs.split(",") if c]
+    cs = parse_cs(args.cs or ["0.01,0.05,0.2,0.5,0.9"], forms)
     out = Path(args.out)
     records = {"base": evaluate(lm, base, args.set, cases, out / base, base, args)}
     for form in forms:
-        for c in cs:
+        for c in cs[form]:
             label = f"{form} C={c}"
             records[label] = evaluate(lm, args.editor, [*args.set, f"sss.form={form}", f"sss.coefficient={c}"],
                                       cases, out / f"{form}-C{c}", label, args)
     rows = summarize(records)
-    chosen = choose(rows, forms, cs)
+    chosen = choose(rows, cs)
     if args.detached:
         for form, c in chosen.items():
             if c is not None:
@@ -88,7 +100,7 @@ def main() -> None:
                                           label, args)
         rows = summarize(records)
     result = {"model": lm.name, "editor": args.editor, "dataset": args.dataset, "start": args.start,
-              "n": len(cases), "rows": rows, "chosen": chosen}
+              "n": len(cases), "rows": rows, "chosen": chosen, "default_form": choose_form(rows, chosen)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{args.editor} on {args.dataset} cases {args.start}..{args.start + len(cases) - 1}, {lm.name}; in %")
@@ -98,6 +110,17 @@ def main() -> None:
         cells = [fmt(r["intervals"].get(c)) for c in COLUMNS] + [fmt(r["diff"].get(c), True) for c in COLUMNS]
         print(f"| {label} | " + " | ".join(cells) + " |")
     print(f"\nchosen C per form (largest with reliability within {100 * MAX_RELIABILITY_DROP:.0f} points): {chosen}")
+    print(f"default form (largest locality gain at its chosen C): {result['default_form']}")
+
+
+def parse_cs(values: list[str], forms: list[str]) -> dict[str, list[float]]:
+    """Each form's C values from ``--cs`` arguments ('0.1,0.2' for every form, 'paper=0.1' for one)."""
+    out: dict[str, list[float]] = {}
+    for value in values:
+        form, _, cs = value.rpartition("=")
+        for f in ([form] if form else forms):
+            out.setdefault(f, []).extend(float(c) for c in cs.split(",") if c)
+    return {f: out.get(f, []) for f in forms}
 
 
 def summarize(records: dict[str, list[dict]]) -> dict[str, dict]:

@@ -32,3 +32,14 @@ def test_the_table_pairs_each_sss_row_with_its_base_per_dataset():
     assert "## zsre-knowedit" in md and "## counterfact" not in md
     assert "| ft-l | 4 | 75.0 [25.0, 100.0] | – | 25.0 [0.0, 75.0] | 1.50 |" in md  # no generality values: a dash
     assert "| ft-l+sss − ft-l | 4 | -25.0 [" in md
+
+
+def test_the_natural_questions_set_is_the_tail_that_training_holds_out():
+    from robustedit.data import load_cases
+    from robustedit.experiments.sss_table import table_cases
+    from robustedit.training.loop import LoopConfig, split_cases
+
+    nq = table_cases("zsre-nq")
+    train, _ = split_cases(load_cases("zsre-train"), LoopConfig().val_fraction)
+    assert len(nq) == 100 and not {c.case_id for c in nq} & {c.case_id for c in train}
+    assert all(c.neighborhood_prompts[0].startswith("nq question:") and c.neighborhood_answer for c in nq)

@@ -45,6 +45,11 @@ is offered.
 ``detach=true`` keeps the value of the term in the loss but carries no gradient through it, so
 L = (1 − C)·L_ori + C·SSS then trains exactly as (1 − C)·L_ori: the control that tells "SSS
 helps" from "scaling the loss by 1 − C helps" (the authors' first release trained that way).
+Measured: with Adam (FT-L here; MEND and SERAC in training) scaling the whole loss by 1 − C leaves
+every step unchanged up to Adam's ε (m/√v is scale-free), so the detached FT-L edit equals FT-L's
+on every case (``benchmarks/sss_calibrate.py --detached``; ``docs/results/sss-calibrate-smollm2``).
+A gain of the first release over its base editor therefore cannot come from the rescaling: only
+gradient clipping and run-to-run noise separate the two.
 
 **Where the paper is ambiguous** (``form="paper"``; each choice a hyperparameter):
 

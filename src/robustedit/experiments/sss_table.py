@@ -4,11 +4,21 @@ Figure 3 on the embedded model.
 **sss-table.** Rows FT-L, MEND, SERAC, each without and with SSS (``--only`` for a subset, and
 for the extra FT-L rows: ``ft-l+sss-reference`` with the authors' form of the term,
 ``ft-l+sss-paper`` with the paper's, ``ft-l+sss-detached`` the control whose term carries no
-gradient, ``ft-l+sss-reference-detached``); on zsRE (``zsre-knowedit``: KnowEdit's zsRE test set,
-which has the rephrase and locality prompts the columns need) and CounterFact (``counterfact``),
-each edit made alone on the unedited model, every case (the paper does not filter by what the
-model knows): the first ``FTL_CASES`` of each file for FT-L rows (an edit takes seconds), every
-case for MEND and SERAC (a tenth of a second), or ``--limit`` for all. Columns in the paper's
+gradient, ``ft-l+sss-reference-detached``; the form rows keep the shipped C unless ``--set
+sss.coefficient=C`` says otherwise); on three test sets, each edit made alone on the unedited
+model, every case (the paper does not filter by what the model knows):
+
+- ``zsre-knowedit``: KnowEdit's zsRE test set; its locality prompts ask about another fact of
+  the same subject (KnowEdit's "Relation_Specificity").
+- ``zsre-nq``: zsRE locality as the paper and EasyEdit measure it, a Natural Questions question
+  and its answer (the ``loc`` / ``loc_ans`` fields). Only the MEND-schema training file carries
+  them, so this set is the tail of ``zsre-train`` that MEND's and SERAC's training holds out for
+  validation (``training/loop.split_cases``, 10%: 100 edits); they never train on it.
+- ``counterfact``: out of domain for MEND and SERAC, as in the paper.
+
+FT-L rows take the first ``FTL_CASES`` of each set (an edit takes seconds), MEND and SERAC every
+case (a tenth of a second), ``--limit`` caps all; ``--dataset`` runs one of the three sets (the
+rows of one ``--out`` can so be split over processes, one per row and set). Columns in the paper's
 terms, as EasyEdit scores them: Reliability (``efficacy_acc``), Generality (``paraphrase_acc``),
 Locality (``locality_acc``), teacher-forced token accuracy, each a mean over cases with its 95%
 bootstrap interval; every ``+sss`` row also gets its paired difference from its base editor on
@@ -41,7 +51,7 @@ ROWS = ("ft-l", "ft-l+sss", "mend", "mend+sss", "serac", "serac+sss")
 VARIANTS = {"-reference": "sss.form=reference", "-paper": "sss.form=paper", "-detached": "sss.detach=true"}
 EXTRA_ROWS = ("ft-l+sss-reference", "ft-l+sss-paper", "ft-l+sss-detached", "ft-l+sss-reference-detached")
 TRAINED = ("mend", "mend+sss", "serac", "serac+sss")
-DATASETS = ("zsre-knowedit", "counterfact")
+DATASETS = ("zsre-knowedit", "zsre-nq", "counterfact")
 FTL_CASES = 200
 C_VALUES = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 SWEEP_CASES = 20
@@ -61,6 +71,15 @@ def row_editor(row: str, sets: list[str]) -> tuple[str, list[str]]:
 def base_row(row: str) -> str | None:
     """The row a ``+sss`` row is compared with (its editor without SSS), or None."""
     return row.split("+", 1)[0] if "+sss" in row else None
+
+
+def table_cases(dataset: str) -> list:
+    """The cases of one of the table's test sets (``zsre-nq``: the held-out tail of zsre-train)."""
+    if dataset != "zsre-nq":
+        return load_cases(dataset)
+    from robustedit.training.loop import LoopConfig, split_cases
+
+    return split_cases(load_cases("zsre-train"), LoopConfig().val_fraction)[1]
 
 
 def _evaluate(lm, name: str, sets: list[str], dataset: str, cases, folder: Path, command: str, seed: int) -> dict:
@@ -96,7 +115,9 @@ def table_markdown(results: dict, stats: dict, model: str) -> str:
     paired differences of the ``+sss`` rows from their base editors."""
     lines = [f"# SSS table on {model}", "",
              "Token accuracy in % (SSS paper Table 1, EasyEdit's scoring), mean over cases [95% bootstrap interval]; "
-             "each edit alone on the unedited model. MEND and SERAC are trained on zsRE: CounterFact is out of "
+             "each edit alone on the unedited model. Locality on zsre-knowedit: another fact of the same subject "
+             "(KnowEdit); on zsre-nq: a Natural Questions question (EasyEdit, the paper), on the tail of zsre-train "
+             "that MEND and SERAC hold out of training. MEND and SERAC are trained on zsRE: CounterFact is out of "
              "domain for them."]
     columns = list(COLUMNS)
     for d in DATASETS:
@@ -143,29 +164,30 @@ def run_table(*, out: Path | None, model: str, config: str | None, sets: list[st
     lm = _setup(model, dtype, device, seed)
     _check_trained(lm, rows, sets)
     command = "robustedit " + shlex.join(sys.argv[1:])
-    every = {d: load_cases(d) for d in DATASETS}
+    sets_run = (dataset,) if dataset else DATASETS
+    every = {d: table_cases(d) for d in sets_run}
 
     def cases_of(row: str, d: str):  # FT-L rows: the first FTL_CASES; trained editors: every case
         n = limit or (FTL_CASES if row.startswith("ft-l") else None)
         return every[d][:n] if n else every[d]
 
     results: dict[str, dict] = {}
-    records: dict[str, dict[str, list[dict]]] = {d: {} for d in DATASETS}
+    records: dict[str, dict[str, list[dict]]] = {d: {} for d in sets_run}
     for row in rows:
         name, row_sets = row_editor(row, sets)
         results[row] = {}
-        for d in DATASETS:
+        for d in sets_run:
             cases = cases_of(row, d)
             results[row][d] = _evaluate(lm, name, row_sets, d, cases, out / row / d, command, seed)
             records[d][row] = _records(out / row / d, cases)
-    for d in DATASETS:  # a base row finished in an earlier run of this --out still pairs with its +sss rows
+    for d in sets_run:  # a base row finished in an earlier run of this --out still pairs with its +sss rows
         for row in list(records[d]):
             base = base_row(row)
             if base and base not in records[d] and (out / base / d / "summary.json").exists():
                 records[d][base] = _records(out / base / d, every[d])
     metrics = [k for _, k in COLUMNS]
-    stats = {d: tables.row_statistics(records[d], metrics, base_row) for d in DATASETS}
-    sizes = {d: max(len(cases_of(r, d)) for r in rows) for d in DATASETS}
+    stats = {d: tables.row_statistics(records[d], metrics, base_row) for d in sets_run}
+    sizes = {d: max(len(cases_of(r, d)) for r in rows) for d in sets_run}
     out.mkdir(parents=True, exist_ok=True)
     (out / "sss_table.json").write_text(json.dumps(
         {"model": lm.name, "command": command,
@@ -232,8 +254,9 @@ def run_sweep(*, out: Path | None, model: str, config: str | None, sets: list[st
 def _reject(config: str | None, dataset: str | None, known_only: bool, name: str) -> None:
     if config is not None:
         raise UserError(f"reproduce {name} runs several editors; set hyperparameters with --set instead of --config")
-    if dataset is not None and name == "sss-table":
-        raise UserError(f"reproduce sss-table runs on {' and '.join(DATASETS)}; --dataset applies to rep-table and sss-c-sweep")
+    if dataset is not None and name == "sss-table" and dataset not in DATASETS:
+        raise UserError(f"reproduce sss-table runs on {', '.join(DATASETS)}; --dataset picks one of them "
+                        f"(any dataset: rep-table, sss-c-sweep), not {dataset!r}")
     if not known_only:
         raise UserError("--all-cases applies to rep-table; the SSS experiments use every case already")
 
