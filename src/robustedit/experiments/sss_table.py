@@ -18,7 +18,8 @@ model, every case (the paper does not filter by what the model knows):
 
 FT-L rows take the first ``FTL_CASES`` of each set (an edit takes seconds), MEND and SERAC every
 case (a tenth of a second), ``--limit`` caps all; ``--dataset`` runs one of the three sets (the
-rows of one ``--out`` can so be split over processes, one per row and set). Columns in the paper's
+rows of one ``--out`` can so be split over processes, one per row and set) and names its files
+``sss_table-<set>.*``. Columns in the paper's
 terms, as EasyEdit scores them: Reliability (``efficacy_acc``), Generality (``paraphrase_acc``),
 Locality (``locality_acc``), teacher-forced token accuracy, each a mean over cases with its 95%
 bootstrap interval; every ``+sss`` row also gets its paired difference from its base editor on
@@ -189,14 +190,15 @@ def run_table(*, out: Path | None, model: str, config: str | None, sets: list[st
     stats = {d: tables.row_statistics(records[d], metrics, base_row) for d in sets_run}
     sizes = {d: max(len(cases_of(r, d)) for r in rows) for d in sets_run}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sss_table.json").write_text(json.dumps(
+    stem = f"sss_table-{dataset}" if dataset else "sss_table"  # one set's table beside the others'
+    (out / f"{stem}.json").write_text(json.dumps(
         {"model": lm.name, "command": command,
          "rows": {r: {d: {"n_cases": s["n_cases"], "metrics": s["metrics"], "timing": s["timing"],
                           "config": s.get("config"), **stats[d][r]} for d, s in per.items()}
                   for r, per in results.items()}}, indent=2) + "\n")
-    (out / "sss_table.md").write_text(table_markdown(results, stats, lm.name))
-    plot_table(results, sizes, out / "sss_table.png")
-    log.info("wrote %s/sss_table.{json,md,png}", out)
+    (out / f"{stem}.md").write_text(table_markdown(results, stats, lm.name))
+    plot_table(results, sizes, out / f"{stem}.png")
+    log.info("wrote %s/%s.{json,md,png}", out, stem)
     return results
 
 
