@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from robustedit.errors import UserError
+from robustedit.rundir import check_output_folder
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Edit the facts a language model knows, and measure how well the edit holds.")
@@ -77,7 +78,7 @@ def edit(
     target: str = typer.Option(..., "--target", help="the new object"),
     target_true: Optional[str] = typer.Option(None, "--target-true", help="the current object (optional)"),
     save: Optional[Path] = typer.Option(None, "--save", help="write the edit to this folder (re-applicable, undoable)"),
-    top_k: int = typer.Option(5, "--top-k", help="predictions to show"),
+    top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="predictions to show (1–100)"),
     rephrase: Optional[List[str]] = typer.Option(None, "--rephrase", help="another name of the subject (repeatable): REP (rome+rep, memit+rep) trains its adaptor on it, beside generated token shuffles and long contexts"),
     model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
@@ -89,6 +90,8 @@ def edit(
     request = EditRequest(prompt, subject, target, target_true)
     if save is not None and save.exists():
         raise UserError(f"{save} already exists; choose another --save folder")
+    if save is not None:
+        check_output_folder(save, "--save")
     cls, econfig = _resolve(editor, model, config, set_)
     if rephrase and not getattr(cls, "wants_in_domain", False):
         raise UserError(f"--rephrase trains REP's adaptor; {editor} has none (use rome+rep or memit+rep)")
@@ -150,6 +153,8 @@ def evaluate(
         raise UserError("--resume needs the --out folder of the run to continue")
     if out is not None and (out / "records.jsonl").exists() and not resume:
         raise UserError(f"{out} already holds results; pass --resume to continue it or choose another --out")
+    if out is not None:
+        check_output_folder(out)
     plan = _sequential_plan(sequential, batch_size, checkpoints, resume, limit)
     if plan is not None and (robustness or known_only or workers or generation):
         raise UserError("--robustness, --known-only, --generation and --workers apply to case-by-case runs, not to --sequential")
@@ -199,7 +204,8 @@ def evaluate(
             summary = run_evaluation(evaluator, cases, out, run, resume=resume)
     else:
         ed, cfg = _build(cls, econfig, lm)
-        run = RunInfo(editor=editor, model=lm.name, dataset=dataset, config=cfg, seed=seed, command=command, extra=extra)
+        run = RunInfo(editor=editor, model=lm.name, dataset=dataset, config=cfg, seed=seed, command=command, extra=extra,
+                      fingerprint=lm.fingerprint)
         if plan is None:
             from robustedit.eval.runner import EvalOptions, LocalEvaluator
 
@@ -288,6 +294,7 @@ def trace(
         raise UserError(f"--kinds must name some of {', '.join(KINDS)}; got {kinds!r}")
     if samples < 1 or noise_factor < 0:
         raise UserError("--samples must be at least 1 and --noise-factor at least 0")
+    check_output_folder(out)
     lm = _setup(model, dtype, device, seed)
     t0 = time.perf_counter()
     result = run_trace(lm, prompt, subject, answer=answer, kinds=wanted, samples=samples,
@@ -322,6 +329,7 @@ def analyze(
         raise UserError("--n-tokens must be at least 256 (one window)")
     cases = load_cases(dataset)
     cls, econfig = _resolve("rome", model, config, set_)
+    check_output_folder(out)
     lm = _setup(model, dtype, device, seed)
     if known_only:
         from robustedit.eval.filters import known_cases
@@ -351,6 +359,8 @@ def train(
 
     TRAINERS.get(editor)
     _, econfig = _resolve(editor, model, config, set_)
+    if out is not None:
+        check_output_folder(out)
     lm = _setup(model, dtype, device, seed)
     t0 = time.perf_counter()
     folder, meta = train_editor(editor, lm, econfig, out, resume=resume)
@@ -400,6 +410,8 @@ def reproduce(
     exp = EXPERIMENTS.get(name)
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
+    if out is not None:
+        check_output_folder(out)
     variants = [v.strip() for v in only.split(",") if v.strip()] if only else None
     exp.run(out=out, model=model, config=config, sets=set_ or [], seed=seed, device=device, dtype=dtype,
             limit=limit, only=variants, dataset=dataset, known_only=not all_cases)
@@ -416,13 +428,15 @@ def main() -> None:
         hf_logging.set_verbosity_error()
     except ImportError:
         pass
+    from robustedit.rundir import interrupt_message
+
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(interrupt_message(), file=sys.stderr)
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -434,6 +448,10 @@ def main() -> None:
             print(f"error: {e.format_message()}", file=sys.stderr)
             sys.exit(2)
         raise
+    if code == 130:  # Typer turns Ctrl-C into this exit code and, outside standalone mode, returns it
+        print(interrupt_message(), file=sys.stderr)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 def _is_usage_error(e: Exception) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,14 +56,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         # YAML reads "1e-3" (no dot) as a string; accept numeric strings, refuse bools and the rest.
         if isinstance(value, bool):
             raise UserError(f"config {where} must be a number, got {value!r}")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise UserError(f"config {where} must be a number, got {value!r}")
+        if number is None:
+            raise UserError(f"config {where} must be a number, got {value!r}")
+        if not math.isfinite(number):  # nan or inf would surface as a NaN model minutes later
+            raise UserError(f"config {where} must be a finite number, got {value!r}")
+        return number
     if tp in (int, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise UserError(f"config {where} must be {tp.__name__}, got {value!r}")
     if origin in (list, tuple):
@@ -128,7 +134,10 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)  # where the parser gave up (0-based)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"config file {p} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {p} must hold a mapping of keys to values")
     return data

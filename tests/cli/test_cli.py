@@ -132,6 +132,33 @@ def test_edit_checks_editor_and_config_before_loading_the_model(cli, save_dir, e
     assert not save_dir.exists()
 
 
+@pytest.mark.parametrize("extra, fragments", [
+    (("--set", "v_lr=nan"), ("v_lr", "finite")),
+    (("--set", "v_lr=inf"), ("v_lr", "finite")),
+    (("--top-k", "0"), ("top-k",)),
+    (("--top-k", "100000"), ("top-k",)),
+    (("--top-k", "-1"), ("top-k",)),
+], ids=["nan-setting", "inf-setting", "top-k-zero", "top-k-huge", "top-k-negative"])
+def test_edit_checks_ranges_and_finiteness_before_loading_the_model(cli, save_dir, extra, fragments):
+    assert_user_error(cli(*_edit(*extra, "--save", save_dir)), *fragments)
+    assert not save_dir.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ("edit", "--prompt", "The mother tongue of {} is", "--subject", "Danielle Darrieux", "--target", "English", "--save"),
+    ("evaluate", "--editor", "rome", "--dataset", "counterfact", "--limit", "1", "--out"),
+    ("train", "mend", "--out"),
+    ("reproduce", "sss-table", "--only", "ft-l", "--out"),
+    ("trace", "--prompt", "{} is in", "--subject", "Paris", "--out"),
+], ids=["edit-save", "evaluate", "train", "reproduce", "trace"])
+def test_unwritable_or_file_outputs_are_refused_before_loading_the_model(cli, tmp_path, command):
+    (tmp_path / "a-file").write_text("x")
+    assert_user_error(cli(*command, tmp_path / "a-file" / "out"), "is a file")
+    assert_user_error(cli(*command, "/proc/robustedit-test/out"), "cannot be written")
+    if command[0] != "edit":  # edit --save refuses any existing folder already
+        assert_user_error(cli(*command, tmp_path / "a-file"), "is a file")
+
+
 def test_evaluate_checks_editor_before_loading_the_model(cli, out_dir):
     assert_user_error(cli("evaluate", "--editor", "rom", "--dataset", "counterfact", "--limit", "1",
                           "--out", out_dir), "rome")

@@ -193,3 +193,13 @@ def test_every_shipped_config_builds_its_editor_config(path):
 def test_every_preset_builds_the_rep_editors(preset):
     for editor in ("rome+rep", "memit+rep"):
         resolve_editor(editor, "smollm2", config_file=preset)
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    from robustedit.config import read_yaml
+    from robustedit.errors import UserError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("layer: 2\nv_lr: [1, 2\nkl_factor: 0.0625\n")
+    with pytest.raises(UserError, match=r"bad\.yaml is not valid YAML, line \d+, column \d+"):
+        read_yaml(bad)

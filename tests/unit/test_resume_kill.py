@@ -77,3 +77,43 @@ def test_the_command_line_shards_over_workers_with_the_same_records(tiny_model_d
     assert _without_timing(records) == _without_timing(read_records(tmp_path / "local" / "records.jsonl"))
     summary = json.loads((tmp_path / "sharded" / "summary.json").read_text())
     assert summary["workers"]["n"] == 2 and summary["n_cases"] == N_CASES
+
+
+def _start_and_wait(cmd, env, out, n_records):
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_records(out / "records.jsonl")) < n_records and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the test could interrupt it"
+    return proc
+
+
+def test_ctrl_c_exits_130_saying_what_was_kept_and_a_resume_must_match(tiny_model_dir, tmp_path, env):
+    data = _dataset(tmp_path / "cases.json")
+    out = tmp_path / "run"
+    proc = _start_and_wait(_command(tiny_model_dir, data, out), env, out, 2)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    kept = len(read_records(out / "records.jsonl"))
+    assert f"interrupted: {kept} finished case(s) kept" in err.strip().splitlines()[-1] and "--resume" in err
+    other = subprocess.run(_command(tiny_model_dir, data, out, "--resume", "--seed", "1"), env=env,
+                           capture_output=True, text=True)
+    assert other.returncode == 2 and "seed: 0 → 1" in other.stderr
+    assert len(read_records(out / "records.jsonl")) == kept  # the refused resume wrote nothing
+
+
+def test_a_second_writer_is_refused_before_the_model_loads(tiny_model_dir, tmp_path, env):
+    data = _dataset(tmp_path / "cases.json")
+    out = tmp_path / "run"
+    hold = ("import sys, time; from robustedit.rundir import writer_lock\n"
+            "with writer_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = subprocess.run(_command(tiny_model_dir, data, out), env=env, capture_output=True, text=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode == 2 and f"process {holder.pid}" in second.stderr
+    assert not (out / "records.jsonl").exists()

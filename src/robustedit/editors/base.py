@@ -18,6 +18,7 @@ import torch
 from robustedit.config import from_dict
 from robustedit.editors import memory as edit_memory
 from robustedit.editors.adaptors import KeyAdaptor, install, uninstall
+from robustedit.errors import UserError
 from robustedit.models.load import LanguageModel
 from robustedit.registry import Registry
 from robustedit.request import EditRequest
@@ -60,6 +61,22 @@ class Backup:
             edit_memory.uninstall(self.model, entry)
 
 
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors holding a NaN or an infinity."""
+    return [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def check_finite(delta: Delta, what: str = "the edit") -> None:
+    """Refuse a delta whose weights or adaptors hold NaN or infinity: applied, it would make the
+    model predict nothing but NaN, and its scores would look like any others."""
+    bad = non_finite(delta.weights)
+    bad += [f"{n} (adaptor)" for n, a in delta.adaptors.items()
+            if non_finite({k: v for k, v in a.state_dict().items()})]
+    if bad:
+        raise UserError(f"{what} holds non-finite values (NaN or infinity) in {', '.join(bad[:3])}"
+                        f"{' and more' if len(bad) > 3 else ''}; refused, the model is unchanged")
+
+
 @torch.no_grad()
 def apply_delta(lm: LanguageModel, delta: Delta) -> Backup:
     params = dict(lm.model.named_parameters())
@@ -68,6 +85,7 @@ def apply_delta(lm: LanguageModel, delta: Delta) -> Backup:
     missing += [n for n in delta.adaptors if n not in modules]
     if missing:
         raise KeyError(f"the delta names parameters or modules this model does not have: {missing}")
+    check_finite(delta)
     backup = Backup({n: params[n].detach().clone() for n in delta.weights}, lm.model)
     for name, d in delta.weights.items():
         params[name].add_(d.to(params[name].dtype))

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from robustedit import __version__
 from robustedit.editors.adaptors import AdaptorStack, KeyAdaptor, install, uninstall
-from robustedit.editors.base import Backup, Delta, apply_delta
+from robustedit.editors.base import Backup, Delta, apply_delta, check_finite, non_finite
 from robustedit.editors.memory import MemoryEdit
 from robustedit.errors import UserError
 from robustedit.models.load import LanguageModel
@@ -103,6 +103,7 @@ def save_edit(out_dir: Path, lm: LanguageModel, delta: Delta, requests: list[Edi
     """Write one edit (``lm`` as it was before ``delta``, which editors leave it) to ``out_dir``."""
     if delta.memory:
         raise UserError(MEMORY_NOT_SAVED)
+    check_finite(delta)
     params = dict(lm.model.named_parameters())
     missing = [n for n in delta.weights if n not in params]
     if missing:
@@ -160,9 +161,12 @@ def _write(out_dir: Path, lm: LanguageModel, original: dict[str, torch.Tensor], 
 
 def _load(path: Path, dir_: Path) -> dict[str, torch.Tensor]:
     try:
-        return load_file(str(path), device="cpu")
+        tensors = load_file(str(path), device="cpu")
     except (OSError, ValueError, SafetensorError) as e:
         raise UserError(f"{dir_} is not a saved robustedit edit ({path.name}: {e})") from None
+    if bad := non_finite(tensors):
+        raise UserError(f"{dir_} is damaged: {path.name} holds non-finite values (NaN or infinity) in {bad[0]}")
+    return tensors
 
 
 def _manifest(dir_: Path, lm: LanguageModel) -> dict[str, Any]:

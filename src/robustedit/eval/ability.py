@@ -83,9 +83,11 @@ class AbilityProbe:
 
     def unedited(self) -> dict[str, float]:
         """``measure`` on the model the probe was built from, without running it again."""
-        return {"perplexity": self.reference_perplexity, "neighbor_agreement": 1.0}
+        return {"perplexity": self.reference_perplexity, **({"neighbor_agreement": 1.0} if self.prompts else {})}
 
     def measure(self, lm: LanguageModel) -> dict[str, float]:
-        now = next_tokens(lm, self.prompts)
-        agree = sum(a == b for a, b in zip(now, self.reference_tokens)) / max(len(now), 1)
-        return {"perplexity": perplexity(lm, self.windows), "neighbor_agreement": agree}
+        out = {"perplexity": perplexity(lm, self.windows)}
+        if self.prompts:  # no probe prompt (every case was edited): no agreement to report, not 0
+            now = next_tokens(lm, self.prompts)
+            out["neighbor_agreement"] = sum(a == b for a, b in zip(now, self.reference_tokens)) / len(now)
+        return out

@@ -53,7 +53,10 @@ def sequential_markdown(points: list[dict]) -> str:
              "|---|" + "---|" * (len(names) + 2)]
     for p in points:
         cells = [f"{p['metrics'][k]:.3f}" if k in p["metrics"] else "" for k in names]
-        lines.append(f"| {p['n_edits']} | " + " | ".join(cells) + f" | {p['perplexity']:.2f} | {p['neighbor_agreement']:.3f} |")
+        agree = f"{p['neighbor_agreement']:.3f}" if "neighbor_agreement" in p else "–"
+        lines.append(f"| {p['n_edits']} | " + " | ".join(cells) + f" | {p['perplexity']:.2f} | {agree} |")
+    if any("neighbor_agreement" not in p for p in points):
+        lines += ["", "–: no probe case was left (every case was edited), so neighbour agreement was not measured."]
     return "\n".join(lines) + "\n"
 
 
@@ -70,7 +73,7 @@ def write_sequential_plot(path: Path, runs: dict[str, list[dict]]) -> Path:
         for label, points in runs.items():
             edited = [p for p in points if p["n_edits"] > 0]
             xs = [p["n_edits"] for p in edited]
-            ys = [p.get(name, p["metrics"].get(name)) for p in edited]
+            ys = [p.get(name, p["metrics"].get(name, float("nan"))) for p in edited]  # nan: not measured
             line = ax.plot(xs, ys, marker="o", label=label)[0]
             if name in points[0]:  # the unedited model's value
                 ax.axhline(points[0][name], color=line.get_color(), linestyle=":", linewidth=1)

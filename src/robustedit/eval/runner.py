@@ -30,6 +30,7 @@ from robustedit.eval.metrics import case_metrics, pre_edit_facts, score_case
 from robustedit.eval.report import write_summary
 from robustedit.eval.robustness import RobustnessConfig, case_rng, in_domain, robustness_probes
 from robustedit.progress import progress
+from robustedit.rundir import check_same_run, on_interrupt, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,13 @@ class RunInfo:
     command: str = ""
     seed: int = 0
     extra: dict = field(default_factory=dict)
+    fingerprint: str | None = None  # the model's weights (LanguageModel.fingerprint), when known
+
+    def settings(self) -> dict:
+        """What a resume must match: records made otherwise would be mixed with these."""
+        extra = {k: v for k, v in self.extra.items() if k != "workers"}  # how many workers: not the results
+        return {"editor": self.editor, "model": self.model, "fingerprint": self.fingerprint,
+                "dataset": self.dataset, "config": self.config, "seed": self.seed, "extra": extra}
 
 
 def read_records(path: Path) -> list[dict]:
@@ -203,11 +211,29 @@ def run_evaluation(editor: Editor | Evaluator, cases: list[Case], out_dir: Path,
     records_path = out_dir / "records.jsonl"
     if records_path.exists() and not resume:
         raise UserError(f"{out_dir} already holds results; pass --resume to continue it or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out_dir), on_interrupt(lambda: _kept(records_path)):
+        check_same_run(out_dir, run.settings(), resume=resume)
+        return _evaluate_into(evaluator, cases, out_dir, run, show_progress)
+
+
+def _kept(records_path: Path) -> str:
+    n = len(read_records(records_path))
+    return (f"{n} finished case(s) kept in {records_path}; rerun the same command with --resume to continue"
+            if n else f"no case had finished; {records_path.parent} holds no records")
+
+
+def _evaluate_into(evaluator: Evaluator, cases: list[Case], out_dir: Path, run: RunInfo, show_progress: bool) -> dict:
+    records_path = out_dir / "records.jsonl"
     done = read_records(records_path)
+    done_ids = {r["case_id"] for r in done}
+    if len(done_ids) < len(done):
+        seen: set[str] = set()
+        twice = sorted({r["case_id"] for r in done if r["case_id"] in seen or seen.add(r["case_id"])})
+        raise UserError(f"{records_path} holds {len(done) - len(done_ids)} duplicate record(s) (case ids "
+                        f"{', '.join(twice[:5])}{', …' if len(twice) > 5 else ''}): it was written by two runs at once; "
+                        "start again in a new --out")
     if done:
         _rewrite_records(records_path, done)  # drop a torn last line before appending
-    done_ids = {r["case_id"] for r in done}
     todo = [c for c in cases if c.case_id not in done_ids]
     if done:
         log.info("resuming: %d cases done, %d to go", len(done), len(todo))

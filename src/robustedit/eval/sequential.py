@@ -31,6 +31,7 @@ from robustedit.eval.metrics import case_metrics, score_case
 from robustedit.eval.report import write_sequential_plot, write_summary
 from robustedit.eval.runner import RunInfo, case_record, summarize
 from robustedit.progress import progress
+from robustedit.rundir import writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,12 @@ def run_sequential(editor: Editor, cases: list[Case], probe_cases: list[Case], o
         raise UserError(f"{out_dir} already holds results (sequential runs cannot be resumed); choose another --out")
     if len(cases) < plan.n:
         raise UserError(f"--sequential {plan.n} needs {plan.n} cases; the dataset has {len(cases)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out_dir):
+        return _run_sequential(editor, cases, probe_cases, out_dir, run, plan, save_edits)
+
+
+def _run_sequential(editor: Editor, cases: list[Case], probe_cases: list[Case], out_dir: Path, run: RunInfo,
+                    plan: SequentialPlan, save_edits: bool) -> dict:
     lm, cases = editor.lm, cases[: plan.n]
     t0 = time.perf_counter()
     editor.prepare()

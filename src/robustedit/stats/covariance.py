@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from robustedit.errors import UserError
 from robustedit.models.hooks import StopForward, hooked
 from robustedit.models.load import LanguageModel
 from robustedit.paths import cache_root
@@ -109,10 +110,17 @@ def second_moments(lm: LanguageModel, layers: list[int], cfg: StatsConfig | None
     cfg = cfg or StatsConfig()
     cache = cache or TensorCache(cache_root() / "stats")
     found = {i: cache.load("mom2", stats_key(lm, i, cfg)) for i in layers}
+    for i, c in found.items():
+        if c is not None and not bool(torch.isfinite(c).all()):
+            raise UserError(f"the cached key statistics of layer {i} of {lm.name} hold non-finite values; delete "
+                            f"{cache.path('mom2', stats_key(lm, i, cfg))} to recompute them")
     missing = [i for i, c in found.items() if c is None]
     if missing:
         log.info("computing key statistics for layers %s over %d tokens of %s", missing, cfg.n_tokens, cfg.corpus)
         for i, c in compute_second_moments(lm, missing, cfg, show_progress=show_progress).items():
+            if not bool(torch.isfinite(c).all()):  # the model itself overflows on the corpus: nothing to cache
+                raise UserError(f"the key statistics of layer {i} of {lm.name} came out non-finite (the model "
+                                f"overflows on the corpus in {lm.dtype}?); try --dtype float32")
             cache.save("mom2", stats_key(lm, i, cfg), c)
             found[i] = c
     return found

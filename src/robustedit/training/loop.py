@@ -23,6 +23,7 @@ from torch import nn
 
 from robustedit.errors import UserError
 from robustedit.progress import progress
+from robustedit.rundir import on_interrupt, writer_lock
 from robustedit.training.files import save_trained
 
 CHECKPOINT, LOG = "checkpoint.pt", "train_log.jsonl"
@@ -77,7 +78,16 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
 def run_training(task: TrainTask, out: Path, cfg: LoopConfig, *, meta: dict[str, Any], resume: bool = False,
                  desc: str = "training") -> dict[str, Any]:
     """Train ``task`` for ``cfg.steps`` steps in ``out``; returns the exported editor's metadata."""
-    out.mkdir(parents=True, exist_ok=True)
+    def kept() -> str:
+        saved = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)["step"] if (out / CHECKPOINT).exists() else 0
+        return (f"checkpoint at step {saved} in {out}; rerun the same command with --resume to continue" if saved
+                else f"no checkpoint yet (one is written every {cfg.save_every} steps)")
+
+    with writer_lock(out), on_interrupt(kept):
+        return _train(task, out, cfg, meta, resume, desc)
+
+
+def _train(task: TrainTask, out: Path, cfg: LoopConfig, meta: dict[str, Any], resume: bool, desc: str) -> dict[str, Any]:
     start, elapsed = 0, 0.0
     if resume:
         start, elapsed = _load_checkpoint(task, out, meta)
