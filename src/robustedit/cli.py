@@ -70,6 +70,13 @@ def _top_tokens(lm, text: str, k: int = 5):
     return [(lm.tokenizer.decode(int(i)), float(x)) for x, i in zip(p, idx)]
 
 
+def _first_target_token(lm, prompt: str, target: str) -> str:
+    """The target's first token as it follows ``prompt``, decoded like ``_top_tokens``'s."""
+    from robustedit.models.text import target_ids
+
+    return lm.tokenizer.decode(int(target_ids(lm.tokenizer, prompt, target)[0]))
+
+
 @app.command()
 def edit(
     editor: str = typer.Option("rome", "--editor", help="editor name, e.g. rome"),
@@ -102,12 +109,18 @@ def edit(
 
         request = user_probes(request, rephrase or [], lm.tokenizer, econfig.rep.robustness)
     before = _top_tokens(lm, request.text, top_k)
+    first = _first_target_token(lm, request.text, request.target_new)
+    if before[0][0] == first:
+        console.print(f"note: the model already predicts {first!r} here; the edit changes little")
     t0 = time.perf_counter()
     delta = ed.edit([request])
     seconds = time.perf_counter() - t0
     with applied(lm, delta):
         after = _top_tokens(lm, request.text, top_k)
     console.print(_top_table(lm, request.text, before, after))
+    if after[0][0] != first:  # an edit that did not take must not read like a success
+        console.print(f"[yellow]warning: the edit did not take: the top prediction is {after[0][0]!r}, "
+                      f"not the new target's first token {first!r}[/yellow]")
     for layer, fit in delta.info.get("rep", {}).items():
         kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in fit.get("kinds", {}).items())
         console.print(f"REP adaptor at layer {layer}: trained on {fit['n_keys']} subject keys ({kinds}); "

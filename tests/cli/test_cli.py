@@ -191,6 +191,17 @@ def test_edit_editor_and_config_errors(cli, tmp_path, save_dir, extra, fragments
 
 
 @pytest.mark.integration
+def test_edit_says_when_the_fact_is_already_known_and_when_an_edit_does_not_take(cli):
+    known = cli(*_edit("--set", "v_num_grad_steps=1", "--set", "v_lr=1e-9", prompt="The capital of {} is",
+                       subject="France", target="Paris"))
+    assert known.code == 0, known.describe()
+    assert "already predicts ' Paris'" in known.out
+    failed = cli(*_edit("--set", "v_num_grad_steps=1", "--set", "v_lr=1e-9"))  # a step too small to move anything
+    assert failed.code == 0, failed.describe()
+    assert "did not take" in failed.out and "' English'" in failed.out
+
+
+@pytest.mark.integration
 def test_edit_config_file_missing(cli, tmp_path, save_dir):
     assert_user_error(cli(*_edit("--config", tmp_path / "nope.yaml", "--save", save_dir)), "nope.yaml")
     assert not save_dir.exists()
