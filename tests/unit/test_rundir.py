@@ -133,3 +133,14 @@ def test_no_probe_prompt_means_no_agreement_not_zero(tiny_lm):
     assert "neighbor_agreement" not in probe.unedited() and "neighbor_agreement" not in probe.measure(tiny_lm)
     assert "neighbor_agreement" in AbilityProbe.build(tiny_lm, ["The capital of France is"], n_tokens=64,
                                                       seq_len=32).measure(tiny_lm)
+
+
+def test_edits_that_did_not_take_are_counted_in_the_summary(tmp_path):
+    from robustedit.eval.report import summary_markdown
+    from robustedit.eval.runner import summarize
+
+    records = [{"case_id": str(i), "metrics": {"efficacy_top1": float(v)}, "pre": {}, "timing": {}}
+               for i, v in enumerate([1, 0, 1, 0, 0])]
+    summary = summarize(records, RunInfo("rome", "tiny", "d", {}))
+    assert summary["edits_not_taken"] == 3
+    assert "3 of 5 edits did not take" in summary_markdown(summary)

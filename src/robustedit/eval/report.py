@@ -27,6 +27,9 @@ def summary_markdown(summary: dict) -> str:
     for name, value in summary["metrics"].items():
         help_ = METRICS.get(name).help if name in METRICS else ""
         lines.append(f"| {name} | {value:.3f} | {help_} |")
+    if "edits_not_taken" in summary:
+        lines += ["", f"{summary['edits_not_taken']} of {summary['n_cases']} edits did not take (the new target is "
+                  "not the top-1 prediction on the edit prompt afterwards; `efficacy_top1` of each record)."]
     if summary.get("pre_edit"):
         lines += ["", f"Unedited model: true target top-1 on {summary['pre_edit']['true_top1']:.1%} of edit prompts."]
     if summary.get("sequential"):

@@ -264,6 +264,7 @@ def summarize(records: list[dict], run: RunInfo, prepare_s: float | None = None)
     if prepare_s is not None:
         timing["prepare_s"] = prepare_s
     known = [r["pre"].get("true_top1") for r in records if "true_top1" in r.get("pre", {})]
+    took = [r["metrics"]["efficacy_top1"] for r in records if "efficacy_top1" in r["metrics"]]
     return {
         "editor": run.editor,
         "model": run.model,
@@ -273,6 +274,8 @@ def summarize(records: list[dict], run: RunInfo, prepare_s: float | None = None)
         "metrics": metrics,
         "timing": timing,
         "pre_edit": {"true_top1": statistics.fmean(known)} if known else {},
+        # edits after which the new target is not the top-1 prediction: counted, never hidden in a mean
+        **({"edits_not_taken": sum(1 for t in took if t < 1)} if took else {}),
         "command": run.command,
         "seed": run.seed,
         **run.extra,
