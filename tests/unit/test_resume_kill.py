@@ -79,8 +79,15 @@ def test_the_command_line_shards_over_workers_with_the_same_records(tiny_model_d
     assert summary["workers"]["n"] == 2 and summary["n_cases"] == N_CASES
 
 
+def _default_sigint():
+    # A background job of a shell without job control (e.g. `cmd &` in a CI script) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler; a user's terminal has it on.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_and_wait(cmd, env, out, n_records):
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and len(read_records(out / "records.jsonl")) < n_records and proc.poll() is None:
         time.sleep(0.05)
