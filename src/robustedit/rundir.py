@@ -85,16 +85,15 @@ def check_same_run(folder: Path, settings: dict, *, resume: bool) -> None:
             raise UserError(f"--resume of {folder} with other settings than its records were made with ({shown}); "
                             "rerun with the recorded settings or choose another --out")
         return
-    write_json_atomic(path, settings)
+    atomic_write(path, json.dumps(settings, indent=2, default=str) + "\n")
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON so that a reader never sees half a file."""
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write a file so that a reader never sees half of it (a sibling temporary file, then rename)."""
     path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        json.dump(value, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(f.name, path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, path)
 
 
 def check_output_folder(path: Path, what: str = "--out") -> None:

@@ -12,15 +12,10 @@ import os
 from pathlib import Path
 
 from robustedit.analysis.tracing import TraceResult
+from robustedit.rundir import atomic_write
 
 CMAPS = {"all": "Purples", "mlp": "Greens", "attn": "Reds"}
 TITLES = {"all": "single restored layer", "mlp": "MLP", "attn": "Attn"}
-
-
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def _dumps(d: dict) -> str:
@@ -34,7 +29,7 @@ def _dumps(d: dict) -> str:
 def write_json(result: TraceResult, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, _dumps(result.to_dict()))
+    atomic_write(path, _dumps(result.to_dict()))
     return path
 
 

@@ -71,7 +71,7 @@ def check_finite(delta: Delta, what: str = "the edit") -> None:
     model predict nothing but NaN, and its scores would look like any others."""
     bad = non_finite(delta.weights)
     bad += [f"{n} (adaptor)" for n, a in delta.adaptors.items()
-            if non_finite({k: v for k, v in a.state_dict().items()})]
+            if non_finite(a.state_dict())]
     if bad:
         raise UserError(f"{what} holds non-finite values (NaN or infinity) in {', '.join(bad[:3])}"
                         f"{' and more' if len(bad) > 3 else ''}; refused, the model is unchanged")

@@ -7,12 +7,7 @@ import os
 from pathlib import Path
 
 from robustedit.eval.metrics import METRICS
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+from robustedit.rundir import atomic_write
 
 
 def summary_markdown(summary: dict) -> str:
@@ -42,8 +37,8 @@ def summary_markdown(summary: dict) -> str:
 
 
 def write_summary(out_dir: Path, summary: dict) -> None:
-    _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _atomic_write(out_dir / "summary.md", summary_markdown(summary))
+    atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write(out_dir / "summary.md", summary_markdown(summary))
 
 
 SEQUENTIAL_PANELS = ("efficacy", "paraphrase", "neighborhood", "efficacy_top1", "perplexity", "neighbor_agreement")

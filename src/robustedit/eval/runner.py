@@ -18,6 +18,7 @@ import logging
 import os
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -227,8 +228,7 @@ def _evaluate_into(evaluator: Evaluator, cases: list[Case], out_dir: Path, run: 
     done = read_records(records_path)
     done_ids = {r["case_id"] for r in done}
     if len(done_ids) < len(done):
-        seen: set[str] = set()
-        twice = sorted({r["case_id"] for r in done if r["case_id"] in seen or seen.add(r["case_id"])})
+        twice = sorted(c for c, n in Counter(r["case_id"] for r in done).items() if n > 1)
         raise UserError(f"{records_path} holds {len(done) - len(done_ids)} duplicate record(s) (case ids "
                         f"{', '.join(twice[:5])}{', …' if len(twice) > 5 else ''}): it was written by two runs at once; "
                         "start again in a new --out")

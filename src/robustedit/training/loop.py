@@ -78,19 +78,22 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
 def run_training(task: TrainTask, out: Path, cfg: LoopConfig, *, meta: dict[str, Any], resume: bool = False,
                  desc: str = "training") -> dict[str, Any]:
     """Train ``task`` for ``cfg.steps`` steps in ``out``; returns the exported editor's metadata."""
+    saved = {"step": 0}  # the last checkpoint's step, for the line an interrupt prints
+
     def kept() -> str:
-        saved = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)["step"] if (out / CHECKPOINT).exists() else 0
-        return (f"checkpoint at step {saved} in {out}; rerun the same command with --resume to continue" if saved
-                else f"no checkpoint yet (one is written every {cfg.save_every} steps)")
+        return (f"checkpoint at step {saved['step']} in {out}; rerun the same command with --resume to continue"
+                if saved["step"] else f"no checkpoint yet (one is written every {cfg.save_every} steps)")
 
     with writer_lock(out), on_interrupt(kept):
-        return _train(task, out, cfg, meta, resume, desc)
+        return _train(task, out, cfg, meta, resume, desc, saved)
 
 
-def _train(task: TrainTask, out: Path, cfg: LoopConfig, meta: dict[str, Any], resume: bool, desc: str) -> dict[str, Any]:
+def _train(task: TrainTask, out: Path, cfg: LoopConfig, meta: dict[str, Any], resume: bool, desc: str,
+           saved: dict[str, int]) -> dict[str, Any]:
     start, elapsed = 0, 0.0
     if resume:
         start, elapsed = _load_checkpoint(task, out, meta)
+        saved["step"] = start
     elif (out / CHECKPOINT).exists():
         raise UserError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
     _truncate_log(out / LOG, start)
@@ -109,6 +112,7 @@ def _train(task: TrainTask, out: Path, cfg: LoopConfig, meta: dict[str, Any], re
             _validate(task, out, done, t0)
         if done % cfg.save_every == 0 or done == cfg.steps:
             _save_checkpoint(task, out, done, time.perf_counter() - t0, meta)
+            saved["step"] = done
     final = _validate(task, out, cfg.steps, t0)
     state, export_meta = task.export()
     full = {**meta, **export_meta, "steps": cfg.steps, "train_s": time.perf_counter() - t0, "validation": final}
