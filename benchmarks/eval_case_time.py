@@ -24,7 +24,7 @@ from robustedit.eval.runner import EvalOptions, LocalEvaluator
 from robustedit.models.load import load_model
 from robustedit.models.packing import pack
 from robustedit.models.text import encode, target_ids
-from robustedit.session import make_editor
+from robustedit.editors.settings import get_editor
 
 
 def sequences(lm, case) -> list[tuple[int, ...]]:
@@ -67,7 +67,7 @@ def main() -> None:
     for packed in (True, False):
         times = [pass_time(lm, p, packed) for p in pairs]
         print(f"one scoring pass, {'packed' if packed else 'padded'}: median {statistics.median(times):.3f} s")
-    editor, _ = make_editor("rome", lm)
+    editor = get_editor("rome", lm)
     evaluator = LocalEvaluator(editor, EvalOptions(generation=None))
     if args.generation:
         from robustedit.eval.generation import GenerationConfig

@@ -21,7 +21,7 @@ import torch
 from robustedit.data import load_cases
 from robustedit.eval.runner import RunInfo, run_evaluation
 from robustedit.models.load import load_model
-from robustedit.session import make_editor
+from robustedit.editors.settings import get_editor
 
 COLUMNS = ["efficacy_acc", "paraphrase_acc", "locality_acc", "efficacy_top1", "locality_top1"]
 
@@ -42,7 +42,8 @@ def main() -> None:
     rows = []
     for config in [c for c in args.configs.split(";") if c]:
         sets = config.split(",")
-        editor, cfg = make_editor(args.editor, lm, sets=sets)
+        editor = get_editor(args.editor, lm, sets=sets)
+        cfg = editor.settings()
         out = Path(args.out) / f"{args.editor}-{config.replace('=', '-').replace(',', '_')}"
         run = RunInfo(args.editor, lm.name, args.dataset, cfg,
                       command=f"ftl_select {config}, cases {args.start}..{args.start + args.n - 1}")

@@ -24,7 +24,7 @@ from robustedit.editors import applied
 from robustedit.eval.metrics import case_metrics, score_case
 from robustedit.models.load import load_model
 from robustedit.progress import progress
-from robustedit.session import make_editor
+from robustedit.editors.settings import get_editor
 from robustedit.stats.covariance import StatsConfig, second_moments
 
 COLUMNS = ["efficacy", "paraphrase", "neighborhood", "efficacy_top1", "locality_top1"]
@@ -62,7 +62,7 @@ def main() -> None:
         values = None
         for layers in group:
             for lam in lambdas:
-                editor, _ = make_editor("memit", lm, sets=[f"layers={list(layers)}", f"mom2_update_weight={lam}"])
+                editor = get_editor("memit", lm, sets=[f"layers={list(layers)}", f"mom2_update_weight={lam}"])
                 if values is None:
                     t0 = time.perf_counter()
                     values = editor.target_values(requests)

@@ -24,7 +24,7 @@ from robustedit.data import load_cases
 from robustedit.eval.runner import RunInfo
 from robustedit.eval.sequential import SequentialPlan, run_sequential
 from robustedit.models.load import load_model
-from robustedit.session import make_editor
+from robustedit.editors.settings import get_editor
 
 COLUMNS = ["efficacy", "efficacy_top1", "paraphrase", "neighborhood", "locality_top1"]
 
@@ -52,7 +52,8 @@ def main() -> None:
         if not (folder / "summary.json").exists():
             for leftover in folder.glob("*.jsonl"):
                 leftover.unlink()
-            editor, cfg = make_editor("memit", lm, sets=sets)
+            editor = get_editor("memit", lm, sets=sets)
+            cfg = editor.settings()
             info = RunInfo("memit", lm.name, "counterfact-val", cfg, command=f"benchmarks/nullspace_select.py {tag}")
             run_sequential(editor, edited, probes, folder, info, SequentialPlan(args.n, 10), save_edits=False)
         summary = json.loads((folder / "summary.json").read_text())

@@ -19,11 +19,11 @@ from robustedit.data import load_cases
 from robustedit.editors.keys import at_subjects
 from robustedit.editors.rep import whitened_targets
 from robustedit.eval.filters import known_cases
-from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
+from robustedit.data.perturb import RobustnessConfig, in_domain, robustness_probes
 from robustedit.models.hooks import capture_input
 from robustedit.models.load import load_model
 from robustedit.models.text import encode
-from robustedit.session import make_editor
+from robustedit.editors.settings import get_editor
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     torch.manual_seed(0)
     lm = load_model("smollm2")
     cases = known_cases(lm, load_cases("rep-valid"))[: args.n]
-    editors = {s: make_editor("rome+rep", lm, sets=s.split())[0] for s in args.settings}
+    editors = {s: get_editor("rome+rep", lm, sets=s.split()) for s in args.settings}
     first = next(iter(editors.values()))
     layer = first.config.layer
     module, C = lm.down_proj(layer), first.covariance(layer)

@@ -34,10 +34,10 @@ from robustedit.editors.base import Delta, applied
 from robustedit.eval.filters import known_cases
 from robustedit.eval.intervals import bootstrap_mean, paired_difference
 from robustedit.eval.metrics import case_metrics, score_case
-from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
+from robustedit.data.perturb import RobustnessConfig, in_domain, robustness_probes
 from robustedit.models.load import load_model
 from robustedit.progress import progress
-from robustedit.session import make_editor
+from robustedit.editors.settings import get_editor
 
 METRICS = ["efficacy_top1", "locality_top1", "rephrase_subject_id", "shuffle_subject_id", "long_context_id",
            "rephrase_subject_ood", "shuffle_subject_ood", "long_context_ood"]
@@ -76,7 +76,7 @@ def main() -> None:
     cases = (cases if args.all_cases else known_cases(lm, cases))[args.start:]
     cases = cases[: args.n] if args.n else cases
     configs = {c: [f"rep.{kv}" for kv in c.split(",")] for c in args.configs.split(";") if c}
-    editors = {c: make_editor(args.editor, lm, config_file=args.preset, sets=sets)[0] for c, sets in configs.items()}
+    editors = {c: get_editor(args.editor, lm, config=args.preset, sets=sets) for c, sets in configs.items()}
     rob = RobustnessConfig()
     base_name = f"{args.editor.split('+')[0]} alone"
     per_case: dict[str, dict[str, dict]] = {c: {} for c in [base_name, *configs]}

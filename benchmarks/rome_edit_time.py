@@ -22,7 +22,7 @@ from robustedit.editors.values import rewrite_batch
 from robustedit.eval.metrics import score_case
 from robustedit.models.forward import logits_at
 from robustedit.models.load import load_model
-from robustedit.session import make_editor
+from robustedit.editors.settings import get_editor
 
 
 def one_step_seconds(editor, request, repeats: int = 3) -> float:
@@ -53,7 +53,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     lm = load_model(args.model)
-    editor, cfg = make_editor("rome", lm, sets=args.set)
+    editor = get_editor("rome", lm, sets=args.set)
+    cfg = editor.settings()
     t0 = time.perf_counter()
     editor.prepare()
     print(f"prepare (statistics + context templates, cached after the first run): {time.perf_counter() - t0:.1f} s")

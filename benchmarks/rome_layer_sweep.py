@@ -18,7 +18,7 @@ import torch
 from robustedit.data import load_cases
 from robustedit.eval.runner import RunInfo, run_evaluation
 from robustedit.models.load import load_model
-from robustedit.session import make_editor
+from robustedit.editors.settings import get_editor
 from robustedit.stats.covariance import StatsConfig, second_moments
 
 COLUMNS = ["efficacy", "paraphrase", "neighborhood", "efficacy_top1", "locality_top1"]
@@ -40,7 +40,8 @@ def main() -> None:
     cases = load_cases("counterfact")[args.start : args.start + args.n]
     rows = []
     for layer in layers:
-        editor, cfg = make_editor("rome", lm, sets=[*args.set, f"layer={layer}"])
+        editor = get_editor("rome", lm, sets=[*args.set, f"layer={layer}"])
+        cfg = editor.settings()
         out = Path(args.out) / f"layer-{layer}"
         run = RunInfo("rome", lm.name, "counterfact", cfg, command=f"layer sweep, cases {args.start}..{args.start + args.n - 1}")
         summary = run_evaluation(editor, cases, out, run, resume=True)

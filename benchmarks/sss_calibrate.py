@@ -32,14 +32,15 @@ from robustedit.data import load_cases
 from robustedit.eval.intervals import bootstrap_mean, paired_difference, per_case
 from robustedit.eval.runner import RunInfo, read_records, run_evaluation
 from robustedit.models.load import load_model
-from robustedit.session import make_editor
+from robustedit.editors.settings import get_editor
 
 COLUMNS = ["efficacy_acc", "paraphrase_acc", "locality_acc"]
 MAX_RELIABILITY_DROP = 0.02
 
 
 def evaluate(lm, editor: str, sets: list[str], cases, out: Path, label: str, args) -> list[dict]:
-    ed, cfg = make_editor(editor, lm, sets=sets)
+    ed = get_editor(editor, lm, sets=sets)
+    cfg = ed.settings()
     run = RunInfo(editor, lm.name, args.dataset, cfg,
                   command=f"sss_calibrate {label}, cases {args.start}..{args.start + len(cases) - 1}")
     run_evaluation(ed, cases, out, run, resume=True, show_progress=True)

@@ -19,7 +19,7 @@ from robustedit.data import load_cases
 from robustedit.editors import values
 from robustedit.models.load import load_model
 from robustedit.models.prefix import PrefixCachedBatch
-from robustedit.session import make_editor
+from robustedit.editors.settings import get_editor
 
 
 def timed(editor, requests) -> tuple[float, list[int], torch.Tensor]:
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     args = ap.parse_args()
     lm = load_model(args.model)
-    editor, _ = make_editor("memit", lm)
+    editor = get_editor("memit", lm)
     editor.prepare()
     requests = [c.request for c in load_cases("counterfact-val", limit=args.n)]
     print(f"threads {torch.get_num_threads()}, {args.n} facts, δ at layer {editor.z_layer} of {lm.n_layers}")

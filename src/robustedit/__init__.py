@@ -2,7 +2,7 @@
 
 >>> import robustedit as re
 >>> lm = re.load_model()                       # the embedded SmolLM2-135M-Instruct, offline
->>> editor = re.build_editor("rome", lm)
+>>> editor = re.get_editor("rome", lm)       # the same settings as `robustedit edit --editor rome`
 >>> delta = editor.edit([re.EditRequest("The mother tongue of {} is", "Danielle Darrieux", "English")])
 >>> with re.applied(lm, delta):
 ...     ...                                    # the edited model; restored exactly afterwards
@@ -20,7 +20,7 @@ def __getattr__(name: str):
         from robustedit.models import load
 
         return getattr(load, name)
-    if name in ("build_editor", "applied", "apply_delta", "Delta", "EDITORS"):
+    if name in ("get_editor", "build_editor", "applied", "apply_delta", "Delta", "EDITORS"):
         from robustedit import editors
 
         return getattr(editors, name)
@@ -35,4 +35,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'robustedit' has no attribute {name!r}")
 
 
-__all__ = ["EditRequest", "UserError", "load_model", "build_editor", "applied", "apply_delta", "load_cases", "run_evaluation"]
+__all__ = ["EditRequest", "UserError", "load_model", "get_editor", "build_editor", "applied", "apply_delta", "load_cases", "run_evaluation"]

@@ -29,25 +29,19 @@ DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or mps")
 DTYPE = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16")
 
 
-def _setup(model: str, dtype: str, device: str, seed: int):
-    from robustedit.models.load import load_model
-    from robustedit.session import seed_everything
-
-    seed_everything(seed)
-    return load_model(model, dtype=dtype, device=device)
-
-
-def _resolve(editor: str, model: str, config: Optional[str], sets: Optional[List[str]]):
-    """Editor class + validated config, checked before the (slow) model load."""
-    from robustedit.session import resolve_editor
-
-    return resolve_editor(editor, model, config, sets)
+def comma_list(value: Optional[str], option: str, cast=str) -> list:
+    """``"a, b,c"`` → ``["a", "b", "c"]`` (each through ``cast``); a one-line error naming the option."""
+    if value is None:
+        return []
+    try:
+        return [cast(x.strip()) for x in value.split(",") if x.strip()]
+    except ValueError:
+        kind = "integers" if cast is int else "values"
+        raise UserError(f"{option} must be {kind} separated by commas, not {value!r}") from None
 
 
-def _build(cls, config, lm):
-    import dataclasses
-
-    return cls(lm, config), dataclasses.asdict(config)
+def _command() -> str:
+    return "robustedit " + shlex.join(sys.argv[1:])
 
 
 def _top_table(lm, prompt: str, before, after) -> Table:
@@ -91,6 +85,8 @@ def edit(
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Apply one edit and show the top predictions before and after."""
+    from robustedit.editors.settings import get_editor, resolve_editor
+    from robustedit.session import setup
     from robustedit.editors import applied
     from robustedit.request import EditRequest
 
@@ -99,12 +95,12 @@ def edit(
         raise UserError(f"{save} already exists; choose another --save folder")
     if save is not None:
         check_output_folder(save, "--save")
-    cls, econfig = _resolve(editor, model, config, set_)
-    if rephrase and not getattr(cls, "wants_in_domain", False):
+    cls, econfig = resolve_editor(editor, model, config, set_ or ())
+    if rephrase and not cls.wants_in_domain:
         raise UserError(f"--rephrase trains REP's adaptor; {editor} has none (use rome+rep or memit+rep)")
-    lm = _setup(model, dtype, device, seed)
-    ed, cfg = _build(cls, econfig, lm)
-    if getattr(cls, "wants_in_domain", False):
+    lm = setup(model, dtype, device, seed)
+    ed = get_editor(editor, lm, config=config, sets=set_ or ())
+    if cls.wants_in_domain:
         from robustedit.editors.rep import user_probes
 
         request = user_probes(request, rephrase or [], lm.tokenizer, econfig.rep.robustness)
@@ -129,7 +125,7 @@ def edit(
     if save is not None:
         from robustedit.editors.store import save_edit
 
-        save_edit(save, lm, delta, [request], cfg)
+        save_edit(save, lm, delta, [request], ed.settings())
         console.print(f"saved the edit to {save}")
 
 
@@ -154,81 +150,16 @@ def evaluate(
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Edit each case from the unedited model (or all of them in sequence), score, write records + summary."""
-    from dataclasses import asdict
+    from robustedit.eval.plan import EvalPlan
 
-    from robustedit.data import load_cases
-    from robustedit.eval.robustness import RobustnessConfig
-    from robustedit.eval.runner import RunInfo, run_evaluation
-
-    if limit is not None and limit < 1:
-        raise UserError("--limit must be at least 1")
-    if resume and out is None:
-        raise UserError("--resume needs the --out folder of the run to continue")
-    if out is not None and (out / "records.jsonl").exists() and not resume:
-        raise UserError(f"{out} already holds results; pass --resume to continue it or choose another --out")
-    if out is not None:
-        check_output_folder(out)
-    plan = _sequential_plan(sequential, batch_size, checkpoints, resume, limit)
-    if plan is not None and (robustness or known_only or workers or generation):
-        raise UserError("--robustness, --known-only, --generation and --workers apply to case-by-case runs, not to --sequential")
-    if workers is not None and (workers < 1 or worker_threads < 1):
-        raise UserError("--workers and --worker-threads must be at least 1")
-    if workers is None and (address is not None or worker_threads != 1):
-        raise UserError("--address and --worker-threads only apply with --workers N")
-    cases = load_cases(dataset, limit=None if plan or known_only else limit)
-    if robustness is None:  # REP trains on the in-domain probes, so its runs score them too
-        robustness = plan is None and (any(c.subject_rephrases for c in cases) or editor.endswith("+rep"))
-    cls, econfig = _resolve(editor, model, config, set_)
-    name = Path(dataset).stem if dataset.endswith((".json", ".jsonl")) else dataset
-    out = out or Path("runs") / f"{editor}-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    rob = RobustnessConfig() if robustness else None
-    extra: dict = {"robustness": asdict(rob)} if rob is not None else {}
-    gen = None
-    if generation:
-        from robustedit.eval.generation import GenerationConfig
-
-        gen = GenerationConfig(seed=seed)
-        extra["generation"] = asdict(gen)
-        if not any(c.generation_prompts for c in cases):
-            raise UserError(f"--generation needs generation prompts, which {dataset} does not have (CounterFact's original schema does)")
-    command = "robustedit " + shlex.join(sys.argv[1:])
-    lm = _setup(model, dtype, device, seed) if workers is None or known_only else None
-    if known_only:
-        from robustedit.eval.filters import known_cases
-
-        kept = known_cases(lm, cases)
-        extra["filter"] = {"known_only": True, "loaded": len(cases), "known": len(kept)}
-        console.print(f"--known-only: the model knows {len(kept)} of {len(cases)} cases")
-        if not kept:
-            raise UserError(f"the model knows none of the {len(cases)} cases of {dataset}; drop --known-only")
-        cases = kept[:limit] if limit else kept
-    if workers is not None:  # the workers build the editor; this process only writes the results
-        from robustedit.eval.distributed import RayEvaluator
-        from robustedit.eval.runner import EvalOptions
-        from robustedit.session import EditorSpec
-
-        # Workers may start in another folder: paths travel absolute.
-        local = Path(model).expanduser()
-        spec = EditorSpec(editor, str(local.resolve()) if local.is_dir() else model,
-                          str(Path(config).resolve()) if config else None, tuple(set_ or ()), dtype, device, seed)
-        extra["workers"] = {"n": workers, "threads": worker_threads, "address": address}
-        run = RunInfo(editor=editor, model=model, dataset=dataset, config=asdict(econfig), seed=seed, command=command, extra=extra)
-        with RayEvaluator(spec, EvalOptions(rob, seed, gen), workers, address=address, threads=worker_threads) as evaluator:
-            summary = run_evaluation(evaluator, cases, out, run, resume=resume)
-    else:
-        ed, cfg = _build(cls, econfig, lm)
-        run = RunInfo(editor=editor, model=lm.name, dataset=dataset, config=cfg, seed=seed, command=command, extra=extra,
-                      fingerprint=lm.fingerprint)
-        if plan is None:
-            from robustedit.eval.runner import EvalOptions, LocalEvaluator
-
-            summary = run_evaluation(LocalEvaluator(ed, EvalOptions(rob, seed, gen)), cases, out, run, resume=resume)
-        else:
-            from robustedit.eval.sequential import run_sequential
-
-            edited, probe = cases[: plan.n], cases[plan.n : plan.n + PROBE_CASES]  # probe: facts never edited
-            summary = run_sequential(ed, edited, probe, out, run, plan, save_edits=save_edits)
-    mode = f", {plan.n} sequential edits in calls of {plan.batch_size}" if plan else ""
+    plan = EvalPlan(editor, dataset, model=model, config=config, sets=tuple(set_ or ()), seed=seed, device=device,
+                    dtype=dtype, limit=limit, out=out, resume=resume, robustness=robustness, known_only=known_only,
+                    generation=generation, sequential=sequential, batch_size=batch_size,
+                    checkpoints=tuple(comma_list(checkpoints, "--checkpoints", int)), save_edits=save_edits,
+                    workers=workers, address=address, worker_threads=worker_threads, command=_command())
+    summary = plan.run(say=console.print)
+    out = plan.out
+    mode = f", {sequential} sequential edits in calls of {batch_size}" if sequential else ""
     table = Table(title=f"{editor} on {dataset}: {summary['n_cases']} cases ({model}{mode})")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -239,29 +170,6 @@ def evaluate(
     console.print(f"results in {out}/ (records.jsonl, summary.json, summary.md)")
 
 
-PROBE_CASES = 50  # cases after the edited ones whose neighbour prompts probe unrelated drift
-
-
-def _sequential_plan(n: Optional[int], batch_size: int, checkpoints: Optional[str], resume: bool, limit: Optional[int]):
-    from robustedit.eval.sequential import SequentialPlan
-
-    if n is None:
-        if batch_size != 1 or checkpoints is not None:
-            raise UserError("--batch-size and --checkpoints only apply with --sequential N")
-        return None
-    if resume:
-        raise UserError("sequential runs cannot be resumed; start again with a new --out")
-    if limit is not None:
-        raise UserError("--sequential N already chooses the first N cases; drop --limit")
-    try:
-        points = tuple(int(x) for x in checkpoints.split(",") if x.strip()) if checkpoints else ()
-    except ValueError:
-        raise UserError(f"--checkpoints must be integers separated by commas, not {checkpoints!r}") from None
-    if any(c < 1 or c > n for c in points):
-        raise UserError(f"--checkpoints must lie between 1 and --sequential {n}")
-    return SequentialPlan(n, batch_size, points)
-
-
 @app.command()
 def stats(
     layers: str = typer.Option(..., "--layers", help="comma-separated layer indices, e.g. 4 or 3,4,5"),
@@ -269,13 +177,11 @@ def stats(
     model: str = MODEL, seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Precompute (and cache) the key statistics C = E(k kᵀ) of MLP down-projection inputs."""
+    from robustedit.session import setup
     from robustedit.stats.covariance import StatsConfig, second_moments
 
-    try:
-        wanted = [int(x) for x in layers.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--layers must be integers separated by commas, not {layers!r}") from None
-    lm = _setup(model, dtype, device, seed)
+    wanted = comma_list(layers, "--layers", int)
+    lm = setup(model, dtype, device, seed)
     for i in wanted:
         lm.check_layer(i)
     cfg = StatsConfig() if n_tokens is None else StatsConfig(n_tokens=n_tokens)
@@ -296,19 +202,20 @@ def trace(
     model: str = MODEL, seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Causal tracing (ROME paper §2): which hidden states carry the fact, per layer and token."""
+    from robustedit.session import setup
     from robustedit.analysis import KINDS, write_trace
     from robustedit.analysis import trace as run_trace
     from robustedit.request import EditRequest
 
     EditRequest(prompt, subject, answer or "?")  # the same checks as an edit: {} present, subject given
-    wanted = [k.strip() for k in kinds.split(",") if k.strip()]
+    wanted = comma_list(kinds, "--kinds")
     bad = [k for k in wanted if k not in KINDS]
     if bad or not wanted:
         raise UserError(f"--kinds must name some of {', '.join(KINDS)}; got {kinds!r}")
     if samples < 1 or noise_factor < 0:
         raise UserError("--samples must be at least 1 and --noise-factor at least 0")
     check_output_folder(out)
-    lm = _setup(model, dtype, device, seed)
+    lm = setup(model, dtype, device, seed)
     t0 = time.perf_counter()
     result = run_trace(lm, prompt, subject, answer=answer, kinds=wanted, samples=samples,
                        noise_factor=noise_factor, seed=seed)
@@ -331,7 +238,9 @@ def analyze(
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Why edits miss perturbed prompts: key similarities, a subject's keys in PCA, nearest unrelated prefixes, value norms."""
-    from robustedit.analysis.run import ANALYSES, run_analysis
+    from robustedit.editors.settings import get_editor, resolve_editor
+    from robustedit.session import setup
+    from robustedit.analysis.run import ANALYSES, ANALYSIS_EDITOR, run_analysis
     from robustedit.data import load_cases
 
     if what not in ANALYSES:
@@ -341,9 +250,9 @@ def analyze(
     if n_tokens < 256:
         raise UserError("--n-tokens must be at least 256 (one window)")
     cases = load_cases(dataset)
-    cls, econfig = _resolve("rome", model, config, set_)
+    resolve_editor(ANALYSIS_EDITOR, model, config, set_ or ())  # a bad setting fails before the load
     check_output_folder(out)
-    lm = _setup(model, dtype, device, seed)
+    lm = setup(model, dtype, device, seed)
     if known_only:
         from robustedit.eval.filters import known_cases
 
@@ -353,8 +262,8 @@ def analyze(
     cases = cases[:limit] if limit else cases
     if not cases:
         raise UserError(f"no cases left to analyse in {dataset}")
-    editor, _ = _build(cls, econfig, lm)
-    paths = run_analysis(what, editor, cases, out, command="robustedit " + shlex.join(sys.argv[1:]),
+    editor = get_editor(ANALYSIS_EDITOR, lm, config=config, sets=set_ or ())
+    paths = run_analysis(what, editor, cases, out, command=_command(),
                          case_index=case_index, n_tokens=n_tokens)
     console.print("wrote " + ", ".join(str(p) for p in paths))
 
@@ -368,13 +277,15 @@ def train(
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Train an editor that learns (MEND's hypernetwork, SERAC's classifier and counterfactual model)."""
-    from robustedit.training.trainers import TRAINERS, train_editor
+    from robustedit.editors.settings import resolve_editor
+    from robustedit.session import setup
+    from robustedit.training.trainers import task_class, train_editor
 
-    TRAINERS.get(editor)
-    _, econfig = _resolve(editor, model, config, set_)
+    task_class(editor)
+    _, econfig = resolve_editor(editor, model, config, set_ or ())
     if out is not None:
         check_output_folder(out)
-    lm = _setup(model, dtype, device, seed)
+    lm = setup(model, dtype, device, seed)
     t0 = time.perf_counter()
     folder, meta = train_editor(editor, lm, econfig, out, resume=resume)
     console.print(f"trained {editor} for {lm.name} in {(time.perf_counter() - t0) / 60:.1f} min; saved to {folder}")
@@ -394,7 +305,7 @@ def compare(
     from robustedit.eval.compare import comparison, comparison_view, load_runs, metric_columns, write_comparison
 
     loaded = load_runs(runs)
-    wanted = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    wanted = comma_list(metrics, "--metrics") or None
     table = comparison(loaded, metric_columns(loaded, wanted))
     console.print(comparison_view(table))
     out = out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -414,35 +325,27 @@ def reproduce(
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Run a named experiment end to end (tables and plots included)."""
-    from robustedit.experiments import EXPERIMENTS
+    from robustedit.experiments import EXPERIMENTS, Options
 
     if name is None:
         names = EXPERIMENTS.names()
         console.print("experiments: " + (", ".join(names) if names else "none registered yet"))
         return
-    exp = EXPERIMENTS.get(name)
-    if limit is not None and limit < 1:
-        raise UserError("--limit must be at least 1")
+    experiment = EXPERIMENTS.get(name)
     if out is not None:
         check_output_folder(out)
-    variants = [v.strip() for v in only.split(",") if v.strip()] if only else None
-    exp.run(out=out, model=model, config=config, sets=set_ or [], seed=seed, device=device, dtype=dtype,
-            limit=limit, only=variants, dataset=dataset, known_only=not all_cases)
+    experiment(Options(out=out, model=model, config=config, sets=tuple(set_ or ()), seed=seed, device=device,
+                       dtype=dtype, limit=limit, only=tuple(comma_list(only, "--only")), dataset=dataset,
+                       known_only=not all_cases))
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
+    _quiet_libraries()
     from robustedit.rundir import interrupt_message
 
+    if len(sys.argv) == 1:  # bare `robustedit`: the help, not a usage error
+        app(["--help"], standalone_mode=False)
+        return
     try:
         code = app(standalone_mode=False)
     except UserError as e:
@@ -453,31 +356,27 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:
-        if type(e).__name__ == "NoArgsIsHelpError":  # bare `robustedit`: show the help
-            app(["--help"], standalone_mode=False)
-            sys.exit(0)
-        if _is_usage_error(e):  # click (or typer's bundled click) usage mistakes: one line
-            print(f"error: {e.format_message()}", file=sys.stderr)
-            sys.exit(2)
-        raise
+    except typer.TyperException as e:  # usage mistakes (bad option, missing value): one line
+        print(f"error: {e.format_message()}", file=sys.stderr)
+        sys.exit(2)
     if code == 130:  # Typer turns Ctrl-C into this exit code and, outside standalone mode, returns it
         print(interrupt_message(), file=sys.stderr)
     if isinstance(code, int) and code:
         sys.exit(code)
 
 
-def _is_usage_error(e: Exception) -> bool:
-    import click
-
-    kinds = [click.ClickException]
+def _quiet_libraries() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        from typer._click.exceptions import ClickException as TyperClickException
+        from transformers.utils import logging as hf_logging
 
-        kinds.append(TyperClickException)
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
     except ImportError:
         pass
-    return isinstance(e, tuple(kinds))
+
 
 if __name__ == "__main__":
     main()

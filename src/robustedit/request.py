@@ -10,7 +10,7 @@ from robustedit.errors import UserError
 @dataclass(frozen=True)
 class Probe:
     """A prompt template with one ``{}`` and the subject written into it: the edit prompt with the
-    subject rephrased or shuffled, or with unrelated text before it (``eval.robustness``)."""
+    subject rephrased or shuffled, or with unrelated text before it (``data.perturb``)."""
 
     template: str
     subject: str
@@ -36,7 +36,7 @@ class EditRequest:
     subject: str
     target_new: str
     target_true: str | None = None
-    # In-domain robustness probes (``eval.robustness``) whose subject keys an editor may train on
+    # In-domain robustness probes (``data.perturb``) whose subject keys an editor may train on
     # (REP); the evaluation fills them in for editors that ask, nobody scores them as edits.
     in_domain: tuple[Probe, ...] = field(default=(), compare=False, repr=False)
 

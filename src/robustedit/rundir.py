@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from robustedit.errors import UserError
+from robustedit.output import atomic_write
 
 LOCK, MANIFEST = ".lock", "run.json"
 _interrupted: list[str] = []  # the hint of the innermost block a KeyboardInterrupt left
@@ -86,14 +87,6 @@ def check_same_run(folder: Path, settings: dict, *, resume: bool) -> None:
                             "rerun with the recorded settings or choose another --out")
         return
     atomic_write(path, json.dumps(settings, indent=2, default=str) + "\n")
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write a file so that a reader never sees half of it (a sibling temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def check_output_folder(path: Path, what: str = "--out") -> None:

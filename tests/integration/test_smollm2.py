@@ -9,7 +9,7 @@ from robustedit.editors import applied
 from robustedit.eval.runner import RunInfo, read_records, run_evaluation
 from robustedit.eval.scoring import score_pairs
 from robustedit.request import EditRequest
-from robustedit.session import make_editor
+from robustedit.editors.settings import get_editor
 
 
 def greedy(lm, text, n=3):
@@ -46,14 +46,14 @@ def assert_edit_takes_and_spares_neighbours(lm, editor) -> None:
 
 
 def test_rome_edit_changes_prediction_and_spares_neighbours(smollm2):
-    assert_edit_takes_and_spares_neighbours(smollm2, make_editor("rome", smollm2)[0])
+    assert_edit_takes_and_spares_neighbours(smollm2, get_editor("rome", smollm2))
 
 
 def test_edit_of_a_new_fact_from_the_command_line_example(smollm2):
     # The subject opens this prompt (token 0, no context), so its key lies far from the
     # context-averaged k*; the default r-ROME key misses it on SmolLM2 (see README, "Known
     # weaknesses"), the reference ROME key, which fits the bare prompt exactly, does not.
-    editor, _ = make_editor("rome", smollm2, sets=["update_key=prompt"])
+    editor = get_editor("rome", smollm2, sets=["update_key=prompt"])
     req = EditRequest("{} belongs to the continent of", "Slovenia", "Antarctica")
     delta = editor.edit([req])
     with applied(smollm2, delta):
@@ -63,7 +63,8 @@ def test_edit_of_a_new_fact_from_the_command_line_example(smollm2):
 
 def test_evaluate_writes_records_and_resumes(smollm2, tmp_path):
     cases = load_cases("counterfact", limit=2)
-    editor, cfg = make_editor("rome", smollm2)
+    editor = get_editor("rome", smollm2)
+    cfg = editor.settings()
     run = RunInfo("rome", smollm2.name, "counterfact", cfg)
     run_evaluation(editor, cases[:1], tmp_path, run, show_progress=False)
     with open(tmp_path / "records.jsonl", "a") as f:
@@ -82,7 +83,7 @@ def test_evaluate_writes_records_and_resumes(smollm2, tmp_path):
 
 def test_memit_batch_edits_every_fact_and_spares_neighbours(smollm2):
     cases = load_cases("counterfact", limit=3)
-    editor, _ = make_editor("memit", smollm2)
+    editor = get_editor("memit", smollm2)
     state = {k: v.clone() for k, v in smollm2.model.state_dict().items()}
     neighbours = [p for c in cases for p in c.neighborhood_prompts]
     before = top1(smollm2, neighbours)
@@ -103,7 +104,8 @@ def test_sequential_memit_saves_loads_and_undoes_exactly(smollm2, tmp_path):
     from robustedit.eval.sequential import SequentialPlan, run_sequential
 
     cases = load_cases("counterfact-val", limit=6)
-    editor, cfg = make_editor("memit", smollm2)
+    editor = get_editor("memit", smollm2)
+    cfg = editor.settings()
     state = {k: v.clone() for k, v in smollm2.model.state_dict().items()}
     run = RunInfo("memit", smollm2.name, "counterfact-val", cfg)
     summary = run_sequential(editor, cases[:4], cases[4:], tmp_path, run, SequentialPlan(4, 2))
@@ -125,12 +127,13 @@ def test_rome_with_rep_edits_trains_its_adaptor_and_undoes_exactly(smollm2, tmp_
     import dataclasses
 
     from robustedit.editors import load_edit, save_edit, undo_saved
-    from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
+    from robustedit.data.perturb import RobustnessConfig, in_domain, robustness_probes
 
     case = load_cases("rep-valid", limit=1)[0]
     probes = robustness_probes(case, smollm2.tokenizer, RobustnessConfig())
     request = dataclasses.replace(case.request, in_domain=in_domain(probes))
-    editor, cfg = make_editor("rome+rep", smollm2)
+    editor = get_editor("rome+rep", smollm2)
+    cfg = editor.settings()
     state = {k: v.clone() for k, v in smollm2.model.state_dict().items()}
     before = top1(smollm2, list(case.neighborhood_prompts))
     delta = editor.edit([request])
@@ -159,13 +162,13 @@ def test_gated_rep_opens_only_on_the_subjects_perturbed_keys(smollm2):
     prompt still gives the new target and neighbour prompts mostly keep their answer."""
     import dataclasses
 
-    from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
+    from robustedit.data.perturb import RobustnessConfig, in_domain, robustness_probes
     from robustedit.experiments.rep_table import row_editor
 
     case = load_cases("rep-valid", limit=1)[0]
     probes = robustness_probes(case, smollm2.tokenizer, RobustnessConfig())
     name, preset, sets = row_editor("rome+rep-gated", [])
-    editor, _ = make_editor(name, smollm2, config_file=preset, sets=sets)
+    editor = get_editor(name, smollm2, config=preset, sets=sets)
     before = top1(smollm2, list(case.neighborhood_prompts))
     delta = editor.edit([dataclasses.replace(case.request, in_domain=in_domain(probes))])
     rep = delta.info["rep"][str(editor.config.layer)]
@@ -178,6 +181,7 @@ def test_gated_rep_opens_only_on_the_subjects_perturbed_keys(smollm2):
 
 
 def test_ft_l_edit_changes_prediction_and_spares_neighbours(smollm2):
-    editor, cfg = make_editor("ft-l", smollm2)  # the shipped SmolLM2 settings (layer 2, clamp 5e-3)
+    editor = get_editor("ft-l", smollm2)  # the shipped SmolLM2 settings (layer 2, clamp 5e-3)
+    cfg = editor.settings()
     assert list(cfg["layers"]) == [2] and cfg["norm_constraint"] == 5e-3
     assert_edit_takes_and_spares_neighbours(smollm2, editor)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from robustedit.paths import resource
-from robustedit.session import preset_names, resolve_editor
+from robustedit.editors.settings import preset_names, resolve_editor
 from robustedit.config import from_dict, merge, parse_overrides, read_yaml, to_dict
 from robustedit.editors.rome import ROMEConfig
 from robustedit.errors import UserError
@@ -192,7 +192,7 @@ def test_every_shipped_config_builds_its_editor_config(path):
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_builds_the_rep_editors(preset):
     for editor in ("rome+rep", "memit+rep"):
-        resolve_editor(editor, "smollm2", config_file=preset)
+        resolve_editor(editor, "smollm2", config=preset)
 
 
 def test_malformed_yaml_names_the_line(tmp_path):

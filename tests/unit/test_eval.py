@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from robustedit.data import Case
-from robustedit.editors.base import build_editor
+from robustedit.editors import get_editor
 from robustedit.errors import UserError
 from robustedit.eval.metrics import case_metrics
 from robustedit.eval.runner import RunInfo, read_records, run_evaluation
@@ -97,7 +97,7 @@ def _cases():
 
 def test_runner_writes_files_resumes_and_refuses_to_overwrite(tiny_lm_factory, tmp_path):
     lm = tiny_lm_factory("gpt2")
-    editor = build_editor("rome", lm, SETTINGS)
+    editor = get_editor("rome", lm, **SETTINGS)
     run = RunInfo("rome", "tiny-gpt2", "hand-made", SETTINGS, command="test")
     cases = _cases()
     run_evaluation(editor, cases[:2], tmp_path, run, show_progress=False)
@@ -120,10 +120,10 @@ def test_runner_writes_files_resumes_and_refuses_to_overwrite(tiny_lm_factory, t
 
 
 def test_runner_scores_robustness_probes_before_and_after_the_edit(tiny_lm_factory, tmp_path):
-    from robustedit.eval.robustness import RobustnessConfig
+    from robustedit.data.perturb import RobustnessConfig
 
     lm = tiny_lm_factory("llama")
-    editor = build_editor("rome", lm, SETTINGS)
+    editor = get_editor("rome", lm, **SETTINGS)
     case = Case("0", EditRequest("The mother tongue of {} is", "Danielle Yvonne Darrieux", "English", "French"),
                 subject_rephrases=("Darrieux", "Mlle Darrieux", "D. Darrieux", "Danielle D."))
     rob = RobustnessConfig(n_per_kind=4, context_tokens=30)

@@ -9,7 +9,7 @@ import torch
 from tiny import same_state, state_copy, tiny_model
 
 import robustedit.editors  # noqa: F401  (registers the editors)
-from robustedit.editors.base import applied, build_editor
+from robustedit.editors import applied, get_editor
 from robustedit.editors.sss import SSSConfig, combined_loss, edit_loss_and_sss, per_example_nll, teacher_forced
 from robustedit.errors import UserError
 from robustedit.request import EditRequest
@@ -77,7 +77,7 @@ def target_logprob(lm, request: EditRequest) -> float:
 def test_ft_l_raises_the_target_within_its_bound_and_leaves_the_model_unchanged(tiny_lm_factory, editor, gain):
     lm = tiny_lm_factory("llama")
     state, before = state_copy(lm), target_logprob(lm, REQUEST)
-    ed = build_editor(editor, lm, {"layers": [1, 2], "steps": 20, "lr": 1e-2, "norm_constraint": 0.05})
+    ed = get_editor(editor, lm, **{"layers": [1, 2], "steps": 20, "lr": 1e-2, "norm_constraint": 0.05})
     delta = ed.edit([REQUEST])
     assert same_state(lm, state) == [] and all(p.grad is None and not p.requires_grad for p in lm.model.parameters())
     assert set(delta.weights) == {lm.down_proj_weight_name(i) for i in (1, 2)}
@@ -91,8 +91,8 @@ def test_ft_l_raises_the_target_within_its_bound_and_leaves_the_model_unchanged(
 def test_sss_with_c_zero_is_plain_ft_l(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     cfg = {"layers": [1], "steps": 5, "lr": 1e-2, "norm_constraint": 0.0}
-    plain = build_editor("ft-l", lm, cfg).edit([REQUEST])
-    zero = build_editor("ft-l+sss", lm, {**cfg, "sss": {"coefficient": 0.0}}).edit([REQUEST])
+    plain = get_editor("ft-l", lm, **cfg).edit([REQUEST])
+    zero = get_editor("ft-l+sss", lm, **{**cfg, "sss": {"coefficient": 0.0}}).edit([REQUEST])
     name = lm.down_proj_weight_name(1)
     assert torch.allclose(plain.weights[name], zero.weights[name], atol=1e-7)
 
@@ -102,7 +102,7 @@ def test_ft_l_and_sss_config_errors(tiny_lm_factory):
         with pytest.raises(UserError):
             SSSConfig(**bad)
     with pytest.raises(UserError):
-        build_editor("ft-l", tiny_lm_factory("llama"), {"layers": [7]})
+        get_editor("ft-l", tiny_lm_factory("llama"), **{"layers": [7]})
 
 
 def test_the_embeddings_path_is_the_models_own_forward(tiny_lm):

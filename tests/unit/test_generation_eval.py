@@ -3,7 +3,7 @@
 import pytest
 
 from robustedit.data import Case
-from robustedit.editors.base import build_editor
+from robustedit.editors import get_editor
 from robustedit.eval.generation import GenerationConfig
 from robustedit.eval.runner import EvalOptions, evaluate_case
 from robustedit.request import EditRequest
@@ -17,7 +17,7 @@ CASE = Case("7", EditRequest("The mother tongue of {} is", "Danielle Darrieux", 
 
 def test_generation_texts_and_metrics_land_in_the_record(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
-    editor = build_editor("rome", lm, SETTINGS)
+    editor = get_editor("rome", lm, **SETTINGS)
     options = EvalOptions(generation=GenerationConfig(max_new_tokens=12, n_prompts=2))
     record = evaluate_case(editor, CASE, options)
     texts = record["generation"]["texts"]
@@ -33,7 +33,7 @@ def test_generation_texts_and_metrics_land_in_the_record(tiny_lm_factory):
 
 def test_without_generation_nothing_is_generated(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
-    record = evaluate_case(build_editor("rome", lm, SETTINGS), CASE, EvalOptions())
+    record = evaluate_case(get_editor("rome", lm, **SETTINGS), CASE, EvalOptions())
     assert "generation" not in record and "generation_entropy" not in record["metrics"]
 
 

@@ -33,7 +33,7 @@ def test_factors_sum_to_the_weight_gradient(tiny_lm):
         assert set(found) == set(modules)
         for name, module in modules.items():
             f = found[name]
-            rebuilt = factor_update(f.u, f.delta, lm.spec.weight_is_in_out)
+            rebuilt = lm.spec.stored(factor_update(f.u, f.delta))
             assert torch.allclose(rebuilt, module.weight.grad, atol=1e-6, rtol=1e-4), name
     finally:
         for w in weights:

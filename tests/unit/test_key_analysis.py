@@ -12,10 +12,10 @@ import robustedit.editors  # noqa: F401
 from robustedit.analysis import keys
 from robustedit.analysis.run import run_analysis
 from robustedit.data import Case
-from robustedit.editors.base import applied, build_editor
+from robustedit.editors import applied, get_editor
 from robustedit.errors import UserError
 from robustedit.eval.metrics import case_metrics, score_case
-from robustedit.eval.robustness import RobustnessConfig, robustness_probes
+from robustedit.data.perturb import RobustnessConfig, robustness_probes
 from robustedit.experiments.rep_table import row_statistics, table_markdown, tau_sweep, tau_sweep_markdown
 from robustedit.request import EditRequest
 
@@ -30,7 +30,7 @@ CASES = [Case(str(i), EditRequest("The mother tongue of {} is", s, "English", "F
 
 @pytest.fixture
 def rome(tiny_lm_factory):
-    return build_editor("rome", tiny_lm_factory("llama"), ROME)
+    return get_editor("rome", tiny_lm_factory("llama"), **ROME)
 
 
 def test_similarity_distributions_score_every_probe_and_the_random_baseline(rome, tmp_path):
@@ -88,9 +88,9 @@ def test_unknown_analysis_is_a_user_error(rome, tmp_path):
 def test_tau_sweep_with_every_gate_closed_scores_the_rome_edit_alone(tiny_lm_factory):
     """At τ above every gate value the adaptor is inert: the sweep's metrics are ROME's."""
     lm = tiny_lm_factory("llama")
-    rep = build_editor("rome+rep", lm, {**ROME, "rep": {"steps": 2}})
+    rep = get_editor("rome+rep", lm, **{**ROME, "rep": {"steps": 2}})
     sweep = tau_sweep(rep, CASES[:1], ROB, taus=(0.999999,))
-    rome = build_editor("rome", lm, ROME)
+    rome = get_editor("rome", lm, **ROME)
     probes = robustness_probes(CASES[0], lm.tokenizer, ROB)
     pre = score_case(lm, CASES[0], probes)
     with applied(lm, rome.edit([CASES[0].request])):

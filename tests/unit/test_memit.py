@@ -11,7 +11,7 @@ import torch
 from tiny import same_state, state_copy
 
 import robustedit.editors.memit  # noqa: F401  (registers "memit")
-from robustedit.editors.base import EDITORS, applied, apply_delta, build_editor
+from robustedit.editors import EDITORS, applied, apply_delta, get_editor
 from robustedit.editors.keys import group_mean, subject_keys
 from robustedit.editors.memit import MEMIT, MEMITConfig, memit_update
 from robustedit.editors.rome import rank_one_update
@@ -56,7 +56,7 @@ class Run:
     def __init__(self, lm, overrides: dict, requests: list[EditRequest]) -> None:
         self.lm = lm
         self.requests = requests
-        self.editor = build_editor("memit", lm, overrides)
+        self.editor = get_editor("memit", lm, **overrides)
         self.before = state_copy(lm)
         self.delta = self.editor.edit(requests)
         self.changed_by_edit = same_state(lm, self.before)
@@ -239,8 +239,8 @@ def test_one_request_one_layer_agrees_with_rome(arch_, tiny_lm_factory):
     lm = tiny_lm_factory(arch_)
     same = {"stats": CONFIG["stats"], "v_num_grad_steps": 10, "context_template_length_params": [],
             "clamp_norm_factor": 100.0, "v_weight_decay": 0.0}
-    rome = build_editor("rome", lm, {**same, "layer": 1, "update_key": "prompt"}).edit(REQUESTS[:1])
-    memit = build_editor("memit", lm, {**same, "layers": [1]}).edit(REQUESTS[:1])
+    rome = get_editor("rome", lm, **{**same, "layer": 1, "update_key": "prompt"}).edit(REQUESTS[:1])
+    memit = get_editor("memit", lm, **{**same, "layers": [1]}).edit(REQUESTS[:1])
     name = lm.down_proj_weight_name(1)
     assert list(memit.weights) == [name]
     a, b = rome.weights[name].flatten().double(), memit.weights[name].flatten().double()
@@ -314,7 +314,7 @@ def test_values_optimised_in_one_batch_equal_one_at_a_time(tiny_lm, site):
 
 def test_keys_of_a_batch_of_requests_equal_each_request_alone(tiny_lm):
     """MEMIT reads the keys of all requests in shared padded batches; each equals its own pass."""
-    editor = build_editor("memit", tiny_lm, CONFIG)
+    editor = get_editor("memit", tiny_lm, **CONFIG)
     K = editor.layer_keys(1, REQUESTS)
     sizes = [len(g) for g in editor.context_groups()]
     for i, r in enumerate(REQUESTS):
@@ -340,7 +340,7 @@ def test_covariances_of_all_layers_come_from_one_pass(tiny_lm_factory, tmp_path,
     real = cov.compute_second_moments
     monkeypatch.setattr(cov, "compute_second_moments",
                         lambda lm_, layers, *a, **k: calls.append(list(layers)) or real(lm_, layers, *a, **k))
-    editor = build_editor("memit", tiny_lm_factory("llama"), {**CONFIG, "layers": [0, 1, 2]})
+    editor = get_editor("memit", tiny_lm_factory("llama"), **{**CONFIG, "layers": [0, 1, 2]})
     C = editor.covariances()
     assert calls == [[0, 1, 2]] and sorted(C) == [0, 1, 2]
     editor.covariances()
@@ -358,18 +358,18 @@ def test_config_from_yaml_style_values():
                                            ([1, 0], "strictly increasing"), ([1, 1], "strictly increasing")])
 def test_bad_layers_are_user_errors(tiny_lm_factory, layers, match):
     with pytest.raises(UserError, match=match):
-        build_editor("memit", tiny_lm_factory("llama"), {**CONFIG, "layers": layers})
+        get_editor("memit", tiny_lm_factory("llama"), **{**CONFIG, "layers": layers})
 
 
 def test_bad_values_are_user_errors(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     with pytest.raises(UserError, match="mom2_update_weight"):
-        build_editor("memit", lm, {**CONFIG, "mom2_update_weight": 0})
+        get_editor("memit", lm, **{**CONFIG, "mom2_update_weight": 0})
     with pytest.raises(UserError, match="(?i)did you mean 'layers'"):
-        build_editor("memit", lm, {**CONFIG, "layer": 1})
+        get_editor("memit", lm, **{**CONFIG, "layer": 1})
 
 
 def test_no_requests_is_an_error(tiny_lm_factory):
-    editor = build_editor("memit", tiny_lm_factory("llama"), CONFIG)
+    editor = get_editor("memit", tiny_lm_factory("llama"), **CONFIG)
     with pytest.raises(ValueError):
         editor.edit([])

@@ -12,7 +12,7 @@ from tiny import same_state, state_copy, tiny_model
 
 import robustedit.editors  # noqa: F401  (registers the editors)
 from robustedit.config import from_dict
-from robustedit.editors.base import applied, build_editor
+from robustedit.editors import applied, get_editor
 from robustedit.editors.mend import MENDConfig, MENDSSSConfig
 from robustedit.editors.sss import per_example_nll, teacher_forced
 from robustedit.errors import UserError
@@ -57,9 +57,9 @@ def test_batches_are_a_function_of_the_step_and_cover_each_epoch():
 def test_an_untrained_editor_is_a_one_line_error_naming_the_train_command(tokenizer, tmp_path):
     lm = tiny_model("llama", tokenizer)
     with pytest.raises(UserError, match="train it first with `robustedit train mend"):
-        build_editor("mend", lm)
+        get_editor("mend", lm)
     with pytest.raises(UserError, match="no trained mend editor in"):
-        build_editor("mend", lm, {"checkpoint": str(tmp_path / "nowhere")})
+        get_editor("mend", lm, **{"checkpoint": str(tmp_path / "nowhere")})
 
 
 @pytest.mark.parametrize("arch, matrices", [("llama", "down"), ("gpt2", "down"), ("llama", "mlp"), ("gpt2", "mlp")])
@@ -74,7 +74,7 @@ def test_training_makes_the_edit_take_and_editing_leaves_the_model_unchanged(tok
     assert [r["step"] for r in log if r["kind"] == "val"] == [15, 30]
 
     before = state_copy(lm)
-    editor = build_editor("mend", lm, {"checkpoint": str(out)})
+    editor = get_editor("mend", lm, **{"checkpoint": str(out)})
     request = EditRequest("What colour is {}?", "Lima", "gold")  # a training edit: the net must have learnt it
     delta = editor.edit([request])
     assert not same_state(lm, before), "edit() must leave the model as it found it"
@@ -113,7 +113,7 @@ def test_a_trained_editor_is_refused_for_another_model(tokenizer, tmp_path):
     out, _ = train_editor("mend", lm, config(mend_file(tmp_path), steps=1), tmp_path / "m")
     other = tiny_model("llama", tokenizer, seed=1)
     with pytest.raises(UserError, match="trained for another model"):
-        build_editor("mend", other, {"checkpoint": str(out)})
+        get_editor("mend", other, **{"checkpoint": str(out)})
 
 
 def test_mend_with_sss_trains_with_the_regularizer_in_its_loss(tokenizer, tmp_path):
@@ -123,5 +123,5 @@ def test_mend_with_sss_trains_with_the_regularizer_in_its_loss(tokenizer, tmp_pa
     log = [json.loads(line) for line in (out / LOG).read_text().splitlines() if '"train"' in line]
     assert all(r["sss"] > 0 for r in log)
     assert meta["config"]["sss"]["coefficient"] == 0.9
-    assert build_editor("mend+sss", lm, {"checkpoint": str(out)}).edit(
+    assert get_editor("mend+sss", lm, **{"checkpoint": str(out)}).edit(
         [EditRequest("What colour is {}?", "Oslo", "red")]).weights

@@ -11,7 +11,7 @@ import torch
 from tiny import same_state, state_copy
 
 import robustedit.editors  # noqa: F401  (registers "rome" and "memit")
-from robustedit.editors.base import Delta, applied, build_editor
+from robustedit.editors import Delta, applied, get_editor
 from robustedit.editors.nullspace import (
     NullspaceConfig,
     alphaedit_update,
@@ -145,12 +145,11 @@ def test_memory_makes_the_update_leave_preserved_keys_alone():
 def test_bad_hyperparameters_are_user_errors(tiny_lm_factory, editor, nullspace, match):
     base = ROME_CONFIG if editor == "rome" else MEMIT_CONFIG
     with pytest.raises(UserError, match=match):
-        build_editor(editor, tiny_lm_factory("llama"), {**base, "nullspace": {"enabled": True, **nullspace}})
+        get_editor(editor, tiny_lm_factory("llama"), **{**base, "nullspace": {"enabled": True, **nullspace}})
 
 
 def test_a_threshold_selecting_nothing_is_a_clear_error(tiny_lm_factory):
-    editor = build_editor("rome", tiny_lm_factory("llama"),
-                          {**ROME_CONFIG, "nullspace": {"enabled": True, "threshold": 1e-12, "threshold_kind": "absolute"}})
+    editor = get_editor("rome", tiny_lm_factory("llama"), **{**ROME_CONFIG, "nullspace": {"enabled": True, "threshold": 1e-12, "threshold_kind": "absolute"}})
     with pytest.raises(UserError, match=r"raise nullspace\.threshold"):
         editor.prepare()
     with pytest.raises(ValueError, match="no eigenvalue"):
@@ -168,7 +167,7 @@ def test_defaults_are_off():
 def test_rome_update_is_zero_on_the_preserved_subspace_and_raises_the_target(tiny_lm, arch):
     lm = tiny_lm
     before = state_copy(lm)
-    editor = build_editor("rome", lm, {**ROME_CONFIG, "nullspace": ON})
+    editor = get_editor("rome", lm, **{**ROME_CONFIG, "nullspace": ON})
     delta = editor.edit(REQUESTS[:1])
     assert same_state(lm, before) == []  # compute, don't mutate
     name = lm.down_proj_weight_name(1)
@@ -190,7 +189,7 @@ def test_rome_update_is_zero_on_the_preserved_subspace_and_raises_the_target(tin
 
 def sequential_second_update(lm, editor_name: str, config: dict, commit: bool) -> tuple[Delta, Delta]:
     """Edit REQUESTS[0], apply it (and ``commit`` it or not), then edit REQUESTS[1] on that model."""
-    editor = build_editor(editor_name, lm, config)
+    editor = get_editor(editor_name, lm, **config)
     first = editor.edit(REQUESTS[:1])
     with applied(lm, first):
         if commit:
@@ -218,7 +217,7 @@ def test_rome_two_requests_in_one_call_equal_edit_commit_edit(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     config = {**ROME_CONFIG, "nullspace": ON}
     name = lm.down_proj_weight_name(1)
-    together = build_editor("rome", lm, config).edit(REQUESTS)
+    together = get_editor("rome", lm, **config).edit(REQUESTS)
     first, second = sequential_second_update(lm, "rome", config, commit=True)
     torch.testing.assert_close(together.weights[name], first.weights[name] + second.weights[name], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(together.keys[name], torch.cat([first.keys[name], second.keys[name]], dim=1))
@@ -227,7 +226,7 @@ def test_rome_two_requests_in_one_call_equal_edit_commit_edit(tiny_lm_factory):
 
 def test_edit_does_not_remember_only_commit_does(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
-    editor = build_editor("rome", lm, {**ROME_CONFIG, "nullspace": ON})
+    editor = get_editor("rome", lm, **{**ROME_CONFIG, "nullspace": ON})
     a = editor.edit(REQUESTS[1:])
     editor.edit(REQUESTS[:1])  # computed, never committed
     b = editor.edit(REQUESTS[1:])
@@ -236,7 +235,7 @@ def test_edit_does_not_remember_only_commit_does(tiny_lm_factory):
 
 def test_commit_of_a_delta_without_keys_is_refused(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
-    editor = build_editor("rome", lm, {**ROME_CONFIG, "nullspace": ON})
+    editor = get_editor("rome", lm, **{**ROME_CONFIG, "nullspace": ON})
     name = lm.down_proj_weight_name(1)
     delta = editor.edit(REQUESTS[:1])
     with pytest.raises(ValueError, match="carries no keys"):
@@ -251,9 +250,9 @@ def test_commit_of_a_delta_without_keys_is_refused(tiny_lm_factory):
 def test_option_off_ignores_its_settings_and_commits(tiny_lm_factory, editor_name):
     lm = tiny_lm_factory("llama")
     base = ROME_CONFIG if editor_name == "rome" else MEMIT_CONFIG
-    plain = build_editor(editor_name, lm, base).edit(REQUESTS[1:])
+    plain = get_editor(editor_name, lm, **base).edit(REQUESTS[1:])
     off = {**base, "nullspace": {"enabled": False, "threshold": 0.5, "threshold_kind": "absolute", "l2": 7.0}}
-    editor = build_editor(editor_name, lm, off)
+    editor = get_editor(editor_name, lm, **off)
     first = editor.edit(REQUESTS[:1])
     with applied(lm, first):
         editor.commit(first)  # no memory without the option
@@ -270,7 +269,7 @@ def test_option_off_ignores_its_settings_and_commits(tiny_lm_factory, editor_nam
 def test_memit_update_is_zero_on_the_preserved_subspace_and_raises_the_targets(tiny_lm_factory, arch_):
     lm = tiny_lm_factory(arch_)
     before = state_copy(lm)
-    editor = build_editor("memit", lm, {**MEMIT_CONFIG, "nullspace": ON})
+    editor = get_editor("memit", lm, **{**MEMIT_CONFIG, "nullspace": ON})
     delta = editor.edit(REQUESTS)
     assert same_state(lm, before) == []
     for layer in MEMIT_CONFIG["layers"]:
@@ -322,4 +321,4 @@ def test_memit_edit_memory_keeps_the_first_keys_better_than_plain_memit(tiny_lm_
 
 def test_memit_edit_memory_and_nullspace_together_is_a_user_error(tiny_lm_factory):
     with pytest.raises(UserError, match="choose one"):
-        build_editor("memit", tiny_lm_factory("llama"), {**MEMIT_CONFIG, "edit_memory": True, "nullspace": ON})
+        get_editor("memit", tiny_lm_factory("llama"), **{**MEMIT_CONFIG, "edit_memory": True, "nullspace": ON})

@@ -11,7 +11,7 @@ from tiny import same_state, state_copy
 import robustedit.editors  # noqa: F401  (registers the editors)
 from robustedit.editors import load_edit, save_edit, undo_saved
 from robustedit.editors.adaptors import AdaptorStack, KeyAdaptor, install, uninstall
-from robustedit.editors.base import Delta, applied, apply_delta, build_editor
+from robustedit.editors import Delta, applied, apply_delta, get_editor
 from robustedit.editors.keys import at_subjects, subject_and_other_states
 from robustedit.editors.rep import REPConfig
 from robustedit.editors.rep_paper import alignment_loss, train_adaptor
@@ -148,7 +148,7 @@ def test_rep_editor_returns_the_base_delta_plus_trained_adaptors_and_saves_loads
     # τ = 0.5: a tiny model's gate does not reach the paper's 0.9 in 20 steps (its mean stays near
     # 0.65), and on its near-identical keys the reference's anchor (5e4) shuts every gate; the
     # mechanism is what is tested here
-    ed = build_editor(editor, lm, {**config, "rep": {"variant": variant, "steps": 20, "lr": 1e-2, "tau": 0.5,
+    ed = get_editor(editor, lm, **{**config, "rep": {"variant": variant, "steps": 20, "lr": 1e-2, "tau": 0.5,
                                                      "anchor_weight": 1.0}})
     delta = ed.edit([REQUEST])
     assert same_state(lm, state) == [] and torch.equal(outputs(lm), before)  # edit() changes nothing
@@ -177,7 +177,7 @@ MEMIT_CONFIG = {"layers": [0, 1], "stats": STATS, "mom2_update_weight": 10.0,
 
 def test_memit_rep_adapts_only_the_last_layer_when_asked(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
-    ed = build_editor("memit+rep", lm, {**MEMIT_CONFIG, "rep": {"variant": "paper", "steps": 3, "adapt_layers": "last"}})
+    ed = get_editor("memit+rep", lm, **{**MEMIT_CONFIG, "rep": {"variant": "paper", "steps": 3, "adapt_layers": "last"}})
     delta = ed.edit([REQUEST])
     assert list(delta.adaptors) == [lm.down_proj_weight_name(1).removesuffix(".weight")]
     assert list(delta.info["rep"]) == ["1"] and set(delta.weights) == {lm.down_proj_weight_name(i) for i in (0, 1)}
@@ -186,10 +186,10 @@ def test_memit_rep_adapts_only_the_last_layer_when_asked(tiny_lm_factory):
 def test_chained_memit_rep_trains_upper_layers_on_the_keys_the_lower_adaptors_make(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     rep = {"variant": "paper", "steps": 20, "lr": 1e-2, "tau": 0.5}
-    ed = build_editor("memit+rep", lm, {**MEMIT_CONFIG, "rep": rep})
+    ed = get_editor("memit+rep", lm, **{**MEMIT_CONFIG, "rep": rep})
     base = ed.base.edit([REQUEST])
     plain = ed.adapt(base, [REQUEST])
-    chained = build_editor("memit+rep", lm, {**MEMIT_CONFIG, "rep": {**rep, "chain": True}}).adapt(base, [REQUEST])
+    chained = get_editor("memit+rep", lm, **{**MEMIT_CONFIG, "rep": {**rep, "chain": True}}).adapt(base, [REQUEST])
     first = lm.down_proj_weight_name(0).removesuffix(".weight")
     assert plain.adaptors[first].tag() == chained.adaptors[first].tag()  # nothing below layer 0
     assert plain.info["rep"]["0"]["gate_open_share"] > 0  # an open gate at layer 0 moves layer 1's keys
@@ -199,7 +199,7 @@ def test_chained_memit_rep_trains_upper_layers_on_the_keys_the_lower_adaptors_ma
 
 def test_adapt_reuses_one_base_edit_without_changing_it(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
-    ed = build_editor("rome+rep", lm, {**ROME_CONFIG, "rep": {"steps": 3}})
+    ed = get_editor("rome+rep", lm, **{**ROME_CONFIG, "rep": {"steps": 3}})
     base = ed.base.edit([REQUEST])
     info_before = repr(base.info)
     first, second = ed.adapt(base, [REQUEST]), ed.adapt(base, [REQUEST])
@@ -221,8 +221,8 @@ def test_subject_and_other_states_split_every_real_token(tiny_lm_factory):
 def test_prompt_negatives_train_the_gate_shut_beside_the_subject(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     rep = {"variant": "paper", "steps": 20, "lr": 1e-2, "tau": 0.5}
-    plain = build_editor("rome+rep", lm, {**ROME_CONFIG, "rep": rep}).edit([REQUEST]).info["rep"]["1"]
-    shut = build_editor("rome+rep", lm, {**ROME_CONFIG, "rep": {**rep, "prompt_negatives": True}})
+    plain = get_editor("rome+rep", lm, **{**ROME_CONFIG, "rep": rep}).edit([REQUEST]).info["rep"]["1"]
+    shut = get_editor("rome+rep", lm, **{**ROME_CONFIG, "rep": {**rep, "prompt_negatives": True}})
     info = shut.edit([REQUEST]).info["rep"]["1"]
     assert info["negative_gate_open_share"] < 0.2 and info["gate_open_share"] > 0, info
     assert info["gate_open_share"] > info["negative_gate_open_share"]
@@ -232,7 +232,7 @@ def test_prompt_negatives_train_the_gate_shut_beside_the_subject(tiny_lm_factory
 @pytest.mark.parametrize("variant", ["reference", "paper"])
 def test_rep_without_in_domain_probes_generates_its_own(tiny_lm_factory, variant):
     lm = tiny_lm_factory("llama")
-    ed = build_editor("rome+rep", lm, {**ROME_CONFIG, "rep": {"variant": variant,
+    ed = get_editor("rome+rep", lm, **{**ROME_CONFIG, "rep": {"variant": variant,
                                                               "robustness": {"context_tokens": 20, "n_per_kind": 4}}})
     bare = EditRequest(REQUEST.prompt, REQUEST.subject, REQUEST.target_new, REQUEST.target_true)
     info = ed.edit([bare]).info["rep"]["1"]
@@ -248,7 +248,7 @@ def test_rep_config_errors():
 
 def test_a_users_rephrasings_all_train_the_adaptor_beside_generated_probes(tokenizer):
     from robustedit.editors.rep import user_probes
-    from robustedit.eval.robustness import RobustnessConfig
+    from robustedit.data.perturb import RobustnessConfig
 
     bare = EditRequest(REQUEST.prompt, REQUEST.subject, REQUEST.target_new)
     cfg = RobustnessConfig(context_tokens=20, n_per_kind=4)
@@ -260,7 +260,7 @@ def test_a_users_rephrasings_all_train_the_adaptor_beside_generated_probes(token
 
 
 def test_presets_give_the_authors_and_the_papers_exact_settings():
-    from robustedit.session import preset_names, resolve_editor
+    from robustedit.editors.settings import preset_names, resolve_editor
 
     assert {"rep-paper", "rep-reference"} <= set(preset_names())
     _, reference = resolve_editor("rome+rep", "smollm2", "rep-reference")

@@ -13,7 +13,7 @@ import torch
 
 import robustedit.editors  # noqa: F401  (registers the editors)
 from robustedit.editors.adaptors import KeyAdaptor
-from robustedit.editors.base import build_editor
+from robustedit.editors import get_editor
 from robustedit.editors.rep import REPConfig
 from robustedit.editors.rep_reference import Batches, KeyPrompt, _encode, fit_reference, read_keys, reference_prompts
 from robustedit.request import EditRequest, Probe
@@ -127,13 +127,13 @@ def test_memit_layers_train_together_on_the_keys_below_them(tiny_lm_factory):
 def test_memit_rep_defaults_to_the_raw_key_goal_and_rome_rep_to_the_whitened_one(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     stats = {"n_tokens": 2048, "seq_len": 64, "batch_size": 8}
-    rome = build_editor("rome+rep", lm, {"layer": 1, "stats": stats})
-    memit = build_editor("memit+rep", lm, {"layers": [0, 1], "stats": stats})
+    rome = get_editor("rome+rep", lm, **{"layer": 1, "stats": stats})
+    memit = get_editor("memit+rep", lm, **{"layers": [0, 1], "stats": stats})
     assert rome.goal_kind() == "whitened" and memit.goal_kind() == "key"
     k = torch.randn(1, lm.down_proj(1).in_features)
     assert torch.equal(memit.goals(1, k), k)  # the raw key, unnormalised, as the reference's layer_ks
     assert rome.goals(1, k).norm().item() == pytest.approx(1.0, abs=1e-5)  # u = C⁻¹k*/‖C⁻¹k*‖
-    paper = build_editor("memit+rep", lm, {"layers": [0, 1], "stats": stats, "rep": {"variant": "paper"}})
+    paper = get_editor("memit+rep", lm, **{"layers": [0, 1], "stats": stats, "rep": {"variant": "paper"}})
     assert paper.goal_kind() == "whitened"
 
 

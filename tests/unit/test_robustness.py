@@ -1,4 +1,4 @@
-"""The REP paper's robustness probes (eval/robustness.py) and their metrics (eval/metrics.py)."""
+"""The REP paper's robustness probes (data/perturb.py) and their metrics (eval/metrics.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from robustedit.data import Case
 from robustedit.errors import UserError
 from robustedit.eval.metrics import case_metrics, robustness_items
-from robustedit.eval.robustness import (
+from robustedit.data.perturb import (
     KINDS,
     RobustnessConfig,
     distinct_orders,

@@ -8,7 +8,7 @@ import torch
 from tiny import same_state, state_copy
 
 import robustedit.editors.rome  # noqa: F401  (registers "rome")
-from robustedit.editors.base import EDITORS, applied, apply_delta, build_editor
+from robustedit.editors import EDITORS, applied, apply_delta, get_editor
 from robustedit.editors.keys import subject_keys
 from robustedit.editors.rome import ROME, rank_one_update
 from robustedit.editors.values import optimize_value
@@ -34,7 +34,7 @@ class Run:
 
     def __init__(self, lm, overrides: dict, requests: list[EditRequest]) -> None:
         self.lm = lm
-        self.editor = build_editor("rome", lm, overrides)
+        self.editor = get_editor("rome", lm, **overrides)
         self.before = state_copy(lm)
         self.delta = self.editor.edit(requests)
         self.changed_by_edit = same_state(lm, self.before)
@@ -207,26 +207,26 @@ def test_two_requests_sum_their_deltas_and_leave_the_model_unchanged(tiny_lm_fac
 def test_layer_out_of_range_is_a_user_error(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     with pytest.raises(UserError, match="out of range"):
-        build_editor("rome", lm, {**CONFIG, "layer": 99})
+        get_editor("rome", lm, **{**CONFIG, "layer": 99})
 
 
 def test_unknown_config_key_suggests_the_right_one(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     with pytest.raises(UserError, match="(?i)did you mean 'v_lr'"):
-        build_editor("rome", lm, {**CONFIG, "v_lrr": 0.1})
+        get_editor("rome", lm, **{**CONFIG, "v_lrr": 0.1})
     with pytest.raises(UserError, match="(?i)did you mean 'n_tokens'"):
-        build_editor("rome", lm, {**CONFIG, "stats": {"n_token": 4096}})
+        get_editor("rome", lm, **{**CONFIG, "stats": {"n_token": 4096}})
 
 
 def test_invalid_config_values_are_user_errors(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     with pytest.raises(UserError, match="update_key"):
-        build_editor("rome", lm, {**CONFIG, "update_key": "mean"})
+        get_editor("rome", lm, **{**CONFIG, "update_key": "mean"})
     with pytest.raises(UserError, match="(?i)did you mean 'enwiki-sample'"):
-        build_editor("rome", lm, {**CONFIG, "stats": {"corpus": "enwiki-sampel"}})
+        get_editor("rome", lm, **{**CONFIG, "stats": {"corpus": "enwiki-sampel"}})
 
 
 def test_no_requests_is_an_error(tiny_lm_factory):
-    editor = build_editor("rome", tiny_lm_factory("llama"), CONFIG)
+    editor = get_editor("rome", tiny_lm_factory("llama"), **CONFIG)
     with pytest.raises(ValueError):
         editor.edit([])

@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 
 import pytest
 import torch

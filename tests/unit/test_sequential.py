@@ -11,7 +11,7 @@ import torch
 from tiny import same_state, state_copy
 
 from robustedit.data import Case
-from robustedit.editors.base import build_editor
+from robustedit.editors import get_editor
 from robustedit.editors.store import load_edit
 from robustedit.errors import UserError
 from robustedit.eval.ability import (
@@ -57,7 +57,7 @@ def test_bad_plans_are_user_errors():
 def test_sequential_run_files_restore_and_saved_edits(tiny_lm_factory, tmp_path):
     lm = tiny_lm_factory("llama")
     before = state_copy(lm)
-    editor = build_editor("rome", lm, SETTINGS)
+    editor = get_editor("rome", lm, **SETTINGS)
     cases = _cases()
     run = RunInfo("rome", "tiny-llama", "hand-made", SETTINGS, command="test")
     summary = run_sequential(editor, cases[:5], cases[5:], tmp_path, run, SequentialPlan(5, 2))

@@ -11,7 +11,7 @@ from tiny import tiny_model
 
 import robustedit.editors  # noqa: F401  (registers the editors)
 from robustedit.config import from_dict
-from robustedit.editors.base import apply_delta, applied, build_editor
+from robustedit.editors import apply_delta, applied, get_editor
 from robustedit.editors.memory import EditMemory
 from robustedit.editors.serac import SERACConfig, SERACSSSConfig
 from robustedit.editors.store import save_edit
@@ -47,13 +47,13 @@ def trained(tokenizer, tmp_path_factory):
 
 def test_an_untrained_editor_is_a_one_line_error(tokenizer):
     with pytest.raises(UserError, match="train it first with `robustedit train serac"):
-        build_editor("serac", tiny_model("llama", tokenizer))
+        get_editor("serac", tiny_model("llama", tokenizer))
 
 
 def test_a_trained_editor_answers_in_scope_and_leaves_the_rest(trained):
     lm, out, meta = trained
     assert meta["validation"]["val_out_of_scope_loc"] >= 0.5
-    editor = build_editor("serac", lm, {"checkpoint": str(out)})
+    editor = get_editor("serac", lm, **{"checkpoint": str(out)})
     request = EditRequest("What colour is {}?", "Lima", "gold")  # a training edit
     unrelated = "nq question: who wrote book number 3"
     before = logits(lm, unrelated)
@@ -71,7 +71,7 @@ def test_a_trained_editor_answers_in_scope_and_leaves_the_rest(trained):
 
 def test_memory_edits_refuse_to_be_saved_and_come_off_in_any_order(trained, tmp_path):
     lm, out, _ = trained
-    editor = build_editor("serac", lm, {"checkpoint": str(out)})
+    editor = get_editor("serac", lm, **{"checkpoint": str(out)})
     requests = [EditRequest("What colour is {}?", s, "red") for s in ("Oslo", "Rome")]
     with pytest.raises(UserError, match="cannot be saved"):
         save_edit(tmp_path / "e", lm, editor.edit(requests[:1]), requests[:1], {})
@@ -91,7 +91,7 @@ def test_serac_with_sss_trains_the_counterfactual_model_with_the_regularizer(tok
                              tmp_path / "s")
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if '"train"' in line]
     assert len(log) == 2 and all(r["sss"] > 0 for r in log)
-    assert build_editor("serac+sss", lm, {"checkpoint": str(out)}).edit([EditRequest("What colour is {}?", "Oslo", "red")]).memory
+    assert get_editor("serac+sss", lm, **{"checkpoint": str(out)}).edit([EditRequest("What colour is {}?", "Oslo", "red")]).memory
 
 
 def test_a_sequential_run_keeps_every_edit_in_memory_and_ends_with_none(trained, tmp_path):
@@ -100,7 +100,7 @@ def test_a_sequential_run_keeps_every_edit_in_memory_and_ends_with_none(trained,
     from robustedit.eval.sequential import SequentialPlan, run_sequential
 
     lm, out, _ = trained
-    editor = build_editor("serac", lm, {"checkpoint": str(out)})
+    editor = get_editor("serac", lm, **{"checkpoint": str(out)})
     cases = [Case(str(i), EditRequest("What colour is {}?", s, "gold", "grey"), paraphrase_prompts=(f"Which colour does {s} have?",),
                   neighborhood_prompts=("nq question: who wrote book number 3",), neighborhood_answer="Someone Else")
              for i, s in enumerate(["Lima", "Oslo", "Rome", "Paris"])]

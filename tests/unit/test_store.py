@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny import same_state, state_copy, tiny_model
 
-from robustedit.editors.base import Delta, build_editor
+from robustedit.editors import Delta, get_editor
 from robustedit.editors.store import EditSequence, load_edit, save_edit, undo_saved
 from robustedit.errors import UserError
 from robustedit.models.load import wrap
@@ -23,7 +23,7 @@ REQUEST = EditRequest("The mother tongue of {}", "Danielle Darrieux", "English",
 
 def test_save_load_undo_round_trip(tokenizer, tmp_path):
     lm = tiny_model("llama", tokenizer)
-    delta = build_editor("rome", lm, SETTINGS).edit([REQUEST])
+    delta = get_editor("rome", lm, **SETTINGS).edit([REQUEST])
     save_edit(tmp_path / "edit", lm, delta, [REQUEST], SETTINGS)
 
     fresh = tiny_model("llama", tokenizer)  # a new copy of the same weights
@@ -38,7 +38,7 @@ def test_save_load_undo_round_trip(tokenizer, tmp_path):
 
 def test_saved_edit_refuses_another_model(tokenizer, tmp_path):
     lm = tiny_model("llama", tokenizer)
-    delta = build_editor("rome", lm, SETTINGS).edit([REQUEST])
+    delta = get_editor("rome", lm, **SETTINGS).edit([REQUEST])
     save_edit(tmp_path / "edit", lm, delta, [REQUEST], SETTINGS)
     other = tiny_model("llama", tokenizer, seed=1)
     with pytest.raises(UserError, match="was made for model"):
@@ -47,7 +47,7 @@ def test_saved_edit_refuses_another_model(tokenizer, tmp_path):
 
 def test_save_refuses_existing_folder_and_load_refuses_garbage(tokenizer, tmp_path):
     lm = tiny_model("llama", tokenizer)
-    delta = build_editor("rome", lm, SETTINGS).edit([REQUEST])
+    delta = get_editor("rome", lm, **SETTINGS).edit([REQUEST])
     (tmp_path / "taken").mkdir()
     with pytest.raises(UserError, match="already exists"):
         save_edit(tmp_path / "taken", lm, delta, [REQUEST], SETTINGS)

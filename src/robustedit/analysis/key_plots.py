@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from robustedit.output import figure, save_figure
 
 KIND_LABELS = {"prompt": "bare edit prompt", "rephrase_subject": "rephrased subject",
                "shuffle_subject": "shuffled subject", "long_context": "long context", "random": "random tokens",
@@ -12,30 +13,11 @@ KIND_COLOURS = {"prompt": "black", "rephrase_subject": "tab:blue", "shuffle_subj
                 "long_context": "tab:green", "random": "tab:gray", "k*": "tab:red"}
 
 
-def _figure(width: float = 6.0, height: float = 4.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=150)
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
-
-
 def plot_similarities(result: dict, path: Path) -> Path:
     """Overlaid histograms of kᵀC⁻¹k* per kind (REP paper Figure 3, left)."""
     import numpy as np
 
-    fig, ax = _figure()
+    fig, ax = figure()
     values = {k: v for k, v in result["similarities"].items() if v}
     everything = np.concatenate([np.asarray(v) for v in values.values()])
     bins = np.linspace(everything.min(), everything.max(), 50)
@@ -49,12 +31,12 @@ def plot_similarities(result: dict, path: Path) -> Path:
     ax.set_title(f"{result['model']}, layer {result['layer']}: keys of perturbed prompts ({result['n_cases']} cases)",
                  fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pca(result: dict, path: Path) -> Path:
     """One subject's keys in their first two principal components (Figure 3, right)."""
-    fig, ax = _figure(5.5, 4.5)
+    fig, ax = figure(5.5, 4.5)
     for kind in dict.fromkeys(p["kind"] for p in result["points"]):
         pts = [p for p in result["points"] if p["kind"] == kind]
         ax.scatter([p["x"] for p in pts], [p["y"] for p in pts], s=60 if kind == "k*" else 22,
@@ -64,12 +46,12 @@ def plot_pca(result: dict, path: Path) -> Path:
     ax.set_ylabel(f"PC 2 ({100 * ev[1]:.0f}%)")
     ax.set_title(f"keys of '{result['subject']}' (layer {result['layer']})", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_prefix_similarities(result: dict, path: Path) -> Path:
     """Distribution of the similarity of each subject's nearest unrelated prefixes (Figure 4, left)."""
-    fig, ax = _figure()
+    fig, ax = figure()
     ax.hist(result["similarities"], bins=40, color="tab:purple", alpha=0.8,
             label=f"top-{result['top']} unrelated prefixes per subject")
     ax.hist([c["self"] for c in result["cases"]], bins=40, histtype="step", color="tab:red", linewidth=1.4,
@@ -79,12 +61,12 @@ def plot_prefix_similarities(result: dict, path: Path) -> Path:
     ax.set_title(f"nearest unrelated prefixes in {result['n_tokens']} tokens of {result['corpus']} "
                  f"(layer {result['layer']})", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_value_norms(result: dict, path: Path) -> Path:
     """‖v₀‖ before and ‖v*‖ after the edit (Figure 5)."""
-    fig, ax = _figure()
+    fig, ax = figure()
     before = [c["v0_norm"] for c in result["cases"]]
     after = [c["v_star_norm"] for c in result["cases"]]
     ax.hist(before, bins=30, alpha=0.6, color="tab:blue", label="before edit ‖v₀‖")
@@ -93,4 +75,4 @@ def plot_value_norms(result: dict, path: Path) -> Path:
     ax.set_ylabel("cases")
     ax.set_title(f"values of ROME edits, {result['model']} layer {result['layer']}", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -23,7 +23,7 @@ import torch
 from robustedit.data import Case
 from robustedit.editors.keys import at_subjects, corpus_keys
 from robustedit.editors.rep import whitened_targets
-from robustedit.eval.robustness import RobustnessConfig, probes_of_case
+from robustedit.data.perturb import RobustnessConfig, probes_of_case
 from robustedit.models.hooks import run_until
 from robustedit.models.text import encode
 from robustedit.progress import progress

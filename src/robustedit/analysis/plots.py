@@ -8,11 +8,10 @@ changes and no window can open.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from robustedit.analysis.tracing import TraceResult
-from robustedit.rundir import atomic_write
+from robustedit.output import atomic_write, figure, save_figure
 
 CMAPS = {"all": "Purples", "mlp": "Greens", "attn": "Reds"}
 TITLES = {"all": "single restored layer", "mlp": "MLP", "attn": "Attn"}
@@ -44,16 +43,11 @@ def token_labels(result: TraceResult) -> list[str]:
     return [f"{lab}*" if s0 <= i < s1 else lab for i, lab in enumerate(labels)]
 
 
-def plot_heatmap(result: TraceResult, kind: str, path: str | Path, *, dpi: int = 150) -> Path:
+def plot_heatmap(result: TraceResult, kind: str, path: str | Path) -> Path:
     """PNG heatmap of ``result.scores[kind]``: tokens down, layers across."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     scores = result.scores[kind].float().numpy().T  # (n_tokens, n_layers)
     n_tokens, n_layers = scores.shape
-    fig = Figure(figsize=(max(4.5, 2.5 + 0.12 * n_layers), 1.2 + 0.2 * n_tokens), dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = figure(max(4.5, 2.5 + 0.12 * n_layers), 1.2 + 0.2 * n_tokens)
     vmin = min(result.corrupted_prob, float(scores.min()))
     mesh = ax.pcolormesh(scores, cmap=CMAPS.get(kind, "viridis"), vmin=vmin)
     ax.invert_yaxis()
@@ -72,13 +66,7 @@ def plot_heatmap(result: TraceResult, kind: str, path: str | Path, *, dpi: int =
     bar = fig.colorbar(mesh, ax=ax)
     bar.ax.tick_params(labelsize=7)
     bar.set_label(f"p({result.answer.strip()!r}) with the state restored", fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, Path(path))
 
 
 def write_trace(result: TraceResult, out_dir: str | Path, stem: str = "trace") -> list[Path]:

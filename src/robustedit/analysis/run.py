@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from robustedit.analysis import key_plots, keys
 from robustedit.data import Case
 from robustedit.errors import UserError
-from robustedit.eval.robustness import RobustnessConfig
+from robustedit.output import write_json
+from robustedit.data.perturb import RobustnessConfig
 
 ANALYSES = ("similarity", "pca", "prefixes", "values")
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+ANALYSIS_EDITOR = "rome"  # the analyses read ROME's single edited layer, its C and its context templates
 
 
 def run_analysis(what: str, editor, cases: list[Case], out: Path, *, command: str = "", case_index: int = 0,
@@ -40,5 +33,5 @@ def run_analysis(what: str, editor, cases: list[Case], out: Path, *, command: st
         result, plot = keys.value_norms(editor, cases), key_plots.plot_value_norms
     result["command"] = command
     out = Path(out)
-    _write_json(out / f"{what}.json", result)
+    write_json(out / f"{what}.json", result, indent=1)
     return [out / f"{what}.json", plot(result, out / f"{what}.png")]

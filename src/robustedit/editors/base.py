@@ -8,6 +8,7 @@ model as it found it; :func:`apply_delta` changes the weights and returns a :cla
 from __future__ import annotations
 
 import abc
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,7 +16,6 @@ from typing import Any, ClassVar, Iterator
 
 import torch
 
-from robustedit.config import from_dict
 from robustedit.editors import memory as edit_memory
 from robustedit.editors.adaptors import KeyAdaptor, install, uninstall
 from robustedit.errors import UserError
@@ -113,6 +113,10 @@ class Editor(abc.ABC):
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
+    # What an editor declares instead of being introspected:
+    extends: ClassVar[str | None] = None  # an add-on's base editor ("rome" for "rome+rep"): its shipped settings come first
+    trainer: ClassVar[str | None] = None  # "module:Class" of its training task, if `robustedit train` trains it
+    wants_in_domain: ClassVar[bool] = False  # evaluation passes each request's in-domain probes (REP trains on them)
 
     def __init__(self, lm: LanguageModel, config: Any | None = None) -> None:
         self.lm = lm
@@ -123,6 +127,10 @@ class Editor(abc.ABC):
 
     @abc.abstractmethod
     def edit(self, requests: list[EditRequest]) -> Delta: ...
+
+    def settings(self) -> dict[str, Any]:
+        """The resolved configuration as a plain dict (what run files record)."""
+        return dataclasses.asdict(self.config)
 
     def commit(self, delta: Delta) -> None:
         """Called by whoever applies a delta and keeps it; editors that remember earlier edits
@@ -137,6 +145,8 @@ EDITORS: Registry[type[Editor]] = Registry("editor")
 
 
 def register_editor(cls: type[Editor]) -> type[Editor]:
+    if cls.extends is not None and cls.extends not in EDITORS:
+        raise ValueError(f"editor {cls.name!r} extends {cls.extends!r}, which is not registered (register the base first)")
     EDITORS.register(cls.name, cls)
     return cls
 
@@ -154,9 +164,3 @@ class Stopwatch:
             yield
         finally:
             self.times[f"{phase}_s"] = self.times.get(f"{phase}_s", 0.0) + time.perf_counter() - t0
-
-
-def build_editor(name: str, lm: LanguageModel, overrides: dict | None = None) -> Editor:
-    """An editor by registered name with its config built from defaults + overrides."""
-    cls = EDITORS.get(name)
-    return cls(lm, from_dict(cls.config_cls, overrides or {}))

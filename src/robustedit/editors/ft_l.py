@@ -116,6 +116,7 @@ class FTL(Editor):
 @register_editor
 class FTLWithSSS(FTL):
     name = "ft-l+sss"
+    extends = "ft-l"
     config_cls = FTLSSSConfig
 
     def sss(self) -> SSSConfig | None:

@@ -55,11 +55,9 @@ def gradient_factors(modules: dict[str, nn.Module]) -> Iterator[dict[str, Factor
         yield found
 
 
-def factor_update(u: torch.Tensor, delta: torch.Tensor, weight_is_in_out: bool = False) -> torch.Tensor:
-    """Σ_t δ_t u_tᵀ in the weight's layout: ``(d_out, d_in)`` for ``nn.Linear``, transposed for
-    GPT-2's ``Conv1D`` (``weight_is_in_out``)."""
-    update = delta.T @ u
-    return update.T if weight_is_in_out else update
+def factor_update(u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Σ_t δ_t u_tᵀ, ``(d_out, d_in)``."""
+    return delta.T @ u
 
 
 class RunningNorm(nn.Module):
@@ -151,12 +149,13 @@ class MENDNet(nn.Module):
     def transform(self, name: str) -> GradientTransform:
         return self.transforms[_key(name)]
 
-    def updates(self, factors: dict[str, Factors], weight_is_in_out: bool = False) -> dict[str, torch.Tensor]:
-        """ΔW by weight name from each weight's recorded :class:`Factors`."""
+    def updates(self, factors: dict[str, Factors], stored=lambda update: update) -> dict[str, torch.Tensor]:
+        """ΔW by weight name from each weight's recorded :class:`Factors`, in the storage layout
+        ``stored`` gives (``ArchSpec.stored``; default ``nn.Linear``'s ``(d_out, d_in)``)."""
         out = {}
         for i, name in enumerate(self.names):
             u, delta = self.transform(name)(factors[name].u, factors[name].delta)
-            out[name] = -self.lrs[i] * factor_update(u, delta, weight_is_in_out)
+            out[name] = -self.lrs[i] * stored(factor_update(u, delta))
         return out
 
 

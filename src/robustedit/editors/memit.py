@@ -257,7 +257,7 @@ class MEMIT(Editor):
                         null_info["preserved_keys"].append(self._null.counts.get(layer, 0))
                     name = lm.down_proj_weight_name(layer)
                     W = lm.down_proj(layer).weight
-                    dW = (upd.T if lm.spec.weight_is_in_out else upd).to(W.dtype)  # Conv1D stores (d_in, d_out)
+                    dW = lm.spec.stored(upd).to(W.dtype)
                 weights[name] = dW
                 keys[name] = K
                 backups.append(apply_delta(lm, Delta({name: dW})))

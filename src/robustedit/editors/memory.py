@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from robustedit.editors.installed import InstalledList
+from robustedit.models.forward import LOGIT_ROUTER
 from robustedit.request import EditRequest
 
 
@@ -40,7 +41,7 @@ class MemoryEdit:
 class EditMemory(InstalledList):
     """Every :class:`MemoryEdit` installed on one model, served by one forward hook."""
 
-    ATTRIBUTE = "_robustedit_memory"
+    ATTRIBUTE = LOGIT_ROUTER  # models.forward.reroutes_logits reads it
 
     @property
     def entries(self) -> list[MemoryEdit]:

@@ -37,7 +37,7 @@ from robustedit.editors.sss import SSSConfig, per_example_nll, teacher_forced
 from robustedit.errors import UserError
 from robustedit.models.load import LanguageModel
 from robustedit.request import EditRequest
-from robustedit.training.loop import LoopConfig
+from robustedit.editors.trained import LoopConfig, load_trained
 
 EDIT_LOSS_ON = ("rephrase", "both")
 MATRICES = ("down", "mlp")
@@ -108,8 +108,7 @@ def weight_shapes(lm: LanguageModel, modules: dict[str, torch.nn.Module]) -> dic
     """(d_in, d_out) of each edited weight, whatever its storage layout."""
     shapes = {}
     for name, module in modules.items():
-        rows, cols = module.weight.shape
-        shapes[name] = (rows, cols) if lm.spec.weight_is_in_out else (cols, rows)
+        shapes[name] = lm.spec.in_out(module.weight)
     return shapes
 
 
@@ -147,11 +146,11 @@ def build_net(lm: LanguageModel, cfg: MENDConfig) -> tuple[MENDNet, dict[str, to
 class MEND(Editor):
     name = "mend"
     config_cls = MENDConfig
+    trainer = "robustedit.training.mend:MENDTask"
 
     def __init__(self, lm, config=None) -> None:
         super().__init__(lm, config)
         from robustedit.config import from_dict
-        from robustedit.training.files import load_trained
 
         state, meta = load_trained(self.config.checkpoint or None, self.name, lm)
         trained = meta["config"]
@@ -169,7 +168,7 @@ class MEND(Editor):
         with sw("gradient"):
             factors = edit_factors(self.lm, self.modules, requests)
         with sw("transform"), torch.no_grad():
-            updates = self.net.updates(factors, self.lm.spec.weight_is_in_out)
+            updates = self.net.updates(factors, self.lm.spec.stored)
         info = {"editor": self.name, "trained_with": self.trained_with, "timing": sw.times,
                 "delta_norm": {n: float(d.norm()) for n, d in updates.items()}}
         return Delta({n: d.to(self.lm.dtype) for n, d in updates.items()}, info)
@@ -178,4 +177,5 @@ class MEND(Editor):
 @register_editor
 class MENDWithSSS(MEND):
     name = "mend+sss"
+    extends = "mend"
     config_cls = MENDSSSConfig

@@ -58,7 +58,7 @@ from robustedit.editors.rep_paper import negative_keys, train_adaptor, training_
 from robustedit.editors.rep_reference import fit_reference, reference_prompts
 from robustedit.editors.rome import ROME, ROMEConfig
 from robustedit.errors import UserError
-from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
+from robustedit.data.perturb import RobustnessConfig, in_domain, robustness_probes
 from robustedit.request import EditRequest, Probe
 
 VARIANTS = ("reference", "paper")
@@ -134,7 +134,7 @@ class REPConfig:
 
 def request_probes(request: EditRequest, tokenizer, cfg: RobustnessConfig) -> tuple[Probe, ...]:
     """The request's in-domain probes, or, if it carries none, shuffles and long contexts generated
-    as the evaluation would (``eval.robustness``)."""
+    as the evaluation would (``data.perturb``)."""
     if request.in_domain:
         return request.in_domain
     return in_domain(robustness_probes(Case(case_id=request.text, request=request), tokenizer, cfg))
@@ -156,7 +156,7 @@ class _WithREP(Editor):
     base_cls: ClassVar[type[Editor]]
     base_config_cls: ClassVar[type]
     default_goal: ClassVar[str]  # the reference's goal for this base editor
-    wants_in_domain: ClassVar[bool] = True  # the evaluation passes each request's in-domain probes
+    wants_in_domain = True  # REP trains its adaptor on each request's in-domain probes
 
     def __init__(self, lm, config=None) -> None:
         super().__init__(lm, config)
@@ -271,6 +271,7 @@ class MEMITREPConfig(MEMITConfig):
 @register_editor
 class ROMEWithREP(_WithREP):
     name = "rome+rep"
+    extends = "rome"
     config_cls = ROMEREPConfig
     base_cls = ROME
     base_config_cls = ROMEConfig
@@ -286,6 +287,7 @@ class ROMEWithREP(_WithREP):
 @register_editor
 class MEMITWithREP(_WithREP):
     name = "memit+rep"
+    extends = "memit"
     config_cls = MEMITREPConfig
     base_cls = MEMIT
     base_config_cls = MEMITConfig

@@ -178,13 +178,13 @@ class ROME(Editor):
         with sw("update"), torch.no_grad():
             if basis is None:
                 lam, u = rank_one_update(lambda k: module(k[None].to(lm.dtype))[0], C, k_star, k_update, value.target)
-                dW = torch.outer(u, lam) if lm.spec.weight_is_in_out else torch.outer(lam, u)
+                dW = lm.spec.stored(torch.outer(lam, u))
             else:
                 K = k_update[:, None]  # (d_in, 1)
                 R = (value.target.double() - module(k_update[None].to(lm.dtype))[0].double())[:, None]  # (d_out, 1)
                 preserved = with_keys(self._null.preserved(cfg.layer), earlier)
                 upd = alphaedit_update(K, R, basis, preserved, cfg.nullspace.l2)  # (d_out, d_in)
-                dW = upd.T if lm.spec.weight_is_in_out else upd  # Conv1D stores (d_in, d_out)
+                dW = lm.spec.stored(upd)
                 extra = {"nullspace": {"rank": basis.shape[1], "fit_error": fit_error(upd, K, R),
                                        "preserved_keys": self._null.counts.get(cfg.layer, 0) + len(earlier)}}
         info = {

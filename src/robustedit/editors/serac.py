@@ -41,7 +41,7 @@ from robustedit.editors.sss import SSSConfig
 from robustedit.errors import UserError
 from robustedit.models.load import LanguageModel
 from robustedit.request import EditRequest
-from robustedit.training.loop import LoopConfig
+from robustedit.editors.trained import LoopConfig, load_trained
 
 ENCODERS = ("base", "minilm")
 
@@ -223,11 +223,11 @@ class SERACSystem(nn.Module):
 class SERAC(Editor):
     name = "serac"
     config_cls = SERACConfig
+    trainer = "robustedit.training.serac:SERACTask"
 
     def __init__(self, lm, config=None) -> None:
         super().__init__(lm, config)
         from robustedit.config import from_dict
-        from robustedit.training.files import load_trained
 
         state, meta = load_trained(self.config.checkpoint or None, self.name, lm)
         trained = dict(meta["config"])
@@ -250,4 +250,5 @@ class SERAC(Editor):
 @register_editor
 class SERACWithSSS(SERAC):
     name = "serac+sss"
+    extends = "serac"
     config_cls = SERACSSSConfig

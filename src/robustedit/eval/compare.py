@@ -104,10 +104,10 @@ def comparison_view(table: dict):
 
 
 def plot_comparison(table: dict, path: Path) -> Path:
-    from robustedit.analysis.key_plots import _figure, _save
+    from robustedit.output import figure, save_figure
 
     columns, runs = table["columns"], table["runs"]
-    fig, ax = _figure(max(6.0, 0.6 * len(columns) * max(1, len(runs)) ** 0.5 + 3), 4.5)
+    fig, ax = figure(max(6.0, 0.6 * len(columns) * max(1, len(runs)) ** 0.5 + 3), 4.5)
     width = 0.8 / max(1, len(runs))
     for i, r in enumerate(runs):
         ys = [r["metrics"][c] if r["metrics"][c] is not None else float("nan") for c in columns]
@@ -116,7 +116,7 @@ def plot_comparison(table: dict, path: Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("value (means over cases)")
     ax.legend(fontsize=7, ncol=max(1, min(3, len(runs))))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_comparison(table: dict, out: Path) -> list[Path]:

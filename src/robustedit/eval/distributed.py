@@ -144,10 +144,7 @@ class RayEvaluator:
         from the disk cache are computed once; the others then read them from the cache."""
         if self._pool:
             return
-        from robustedit.session import resolve_editor
-
-        spec = self.spec  # a mistake in the editor's settings fails here, before Ray starts
-        resolve_editor(spec.editor, spec.model, spec.config_file, list(spec.sets))
+        self.spec.check()  # a mistake in the editor's settings fails here, before Ray starts
         try:
             self._connect()
             self._start(1)

@@ -59,6 +59,7 @@ import torch
 
 from robustedit.data import Case
 from robustedit.errors import UserError
+from robustedit.models.forward import reroutes_logits
 from robustedit.models.load import LanguageModel
 from robustedit.models.text import encode, pad_id
 from robustedit.stats.corpus import CORPORA
@@ -112,7 +113,7 @@ def needs_full_forward(lm: LanguageModel) -> bool:
     the whole input and rewrites the logits of its positions: it must see every token at every
     step, which a KV-cached step (one new token) does not give. Hooks inside the model (ROME's
     weights need none; REP's key adaptors) act token by token and work with the cache."""
-    return bool(lm.model._forward_hooks or lm.model._forward_pre_hooks)
+    return reroutes_logits(lm.model)
 
 
 @torch.inference_mode()

@@ -17,7 +17,7 @@ the metrics then compare the two. Groups:
   metric isolates what the edit changed, not how in-context text distracts any model;
 - ``lab_<group>``: the case's labelled prompts (portability, unrelated attributes) with their own
   answers, and ``free_<group>`` those without a trustworthy answer (only the next token counts);
-- ``<kind>_<split>``: the REP paper's robustness probes with the new target (``eval.robustness``).
+- ``<kind>_<split>``: the REP paper's robustness probes with the new target (``data.perturb``).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def score_items(case: Case) -> dict[str, Pairs]:
 
 
 def robustness_items(case: Case, probes: dict) -> dict[str, Pairs]:
-    """``<kind>_<split>`` groups: each robustness probe with the new target (``eval.robustness``)."""
+    """``<kind>_<split>`` groups: each robustness probe with the new target (``data.perturb``)."""
     target = case.request.target_new
     return {f"{kind}_{split}": [(p.text, target) for p in group]
             for kind, splits in probes.items() for split, group in splits.items() if group}

@@ -12,13 +12,13 @@ from typing import Callable
 
 from robustedit.data import Case
 from robustedit.eval.groups import robustness_items, score_items
-from robustedit.eval.robustness import KINDS, SPLITS
+from robustedit.data.perturb import KINDS, SPLITS
 from robustedit.eval.scoring import TargetScore, score_pairs
 from robustedit.models.load import LanguageModel
 from robustedit.registry import Registry
 
 Scores = dict[str, list[TargetScore]]
-Probes = dict  # {kind: {split: [Probe, ...]}} from eval.robustness.robustness_probes
+Probes = dict  # {kind: {split: [Probe, ...]}} from data.perturb.robustness_probes
 
 
 def score_case(lm: LanguageModel, case: Case, probes: Probes | None = None) -> Scores:

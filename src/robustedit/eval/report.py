@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from robustedit.eval.metrics import METRICS
-from robustedit.rundir import atomic_write
+from robustedit.output import atomic_write, figure, save_figure
 
 
 def summary_markdown(summary: dict) -> str:
@@ -61,12 +60,7 @@ def sequential_markdown(points: list[dict]) -> str:
 def write_sequential_plot(path: Path, runs: dict[str, list[dict]]) -> Path:
     """Metrics against the number of edits (log scale; perplexity too), one line per run; the unedited model's
     perplexity and agreement (n = 0) are the dotted lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    fig, axes = figure(13, 7, rows=2, cols=3)
     for ax, name in zip(axes.flat, SEQUENTIAL_PANELS):
         for label, points in runs.items():
             edited = [p for p in points if p["n_edits"] > 0]
@@ -82,9 +76,4 @@ def write_sequential_plot(path: Path, runs: dict[str, list[dict]]) -> Path:
         ax.set_xlabel("sequential edits")
         ax.grid(alpha=0.3)
     axes.flat[0].legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

@@ -29,8 +29,9 @@ from robustedit.errors import UserError
 from robustedit.eval.generation import GenerationConfig
 from robustedit.eval.metrics import case_metrics, pre_edit_facts, score_case
 from robustedit.eval.report import write_summary
-from robustedit.eval.robustness import RobustnessConfig, case_rng, in_domain, robustness_probes
+from robustedit.data.perturb import RobustnessConfig, case_rng, in_domain, robustness_probes
 from robustedit.progress import progress
+from robustedit.output import atomic_write
 from robustedit.rundir import check_same_run, on_interrupt, writer_lock
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,7 @@ def read_records(path: Path) -> list[dict]:
 
 
 def _rewrite_records(path: Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 @dataclass(frozen=True)
@@ -97,7 +94,7 @@ def seed_case(seed: int, case_id: str) -> None:
 def evaluate_case(editor: Editor, case: Case, options: EvalOptions = EvalOptions(),
                   pre_scores: dict | None = None) -> dict:
     """Score ``case`` before and after its edit; with ``options.robustness``, its robustness probes
-    too (``eval.robustness``); with ``options.generation``, texts generated about the subject.
+    too (``data.perturb``); with ``options.generation``, texts generated about the subject.
     ``pre_scores`` (case id → scores) keeps the unedited model's scores for the next editor that
     evaluates the same case on the same model with the same options (``LocalEvaluator``)."""
     lm, robustness = editor.lm, options.robustness

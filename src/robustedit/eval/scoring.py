@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustedit.models.forward import logits_at, packed_hidden_states, position_logits
+from robustedit.models.forward import logits_at, packed_hidden_states, position_logits, reroutes_logits
 from robustedit.models.load import LanguageModel
 from robustedit.models.packing import batch_tensors, pack
 from robustedit.models.text import encode, length_batches, pad, pad_id, target_ids
@@ -74,7 +74,7 @@ def score_pairs(lm: LanguageModel, pairs: list[tuple[str, str]], batch_size: int
 
 def can_pack(lm: LanguageModel, seqs) -> bool:
     """Packed rows need the base model's own forward and every sequence inside any sliding window."""
-    if lm.model._forward_hooks:
+    if reroutes_logits(lm.model):
         return False
     config = lm.model.config.get_text_config() if hasattr(lm.model.config, "get_text_config") else lm.model.config
     window = getattr(config, "sliding_window", None)

@@ -36,6 +36,9 @@ from robustedit.rundir import writer_lock
 log = logging.getLogger(__name__)
 
 
+PROBE_CASES = 50  # cases after the edited ones whose neighbour prompts probe unrelated drift
+
+
 @dataclass(frozen=True)
 class SequentialPlan:
     n: int  # edits in total

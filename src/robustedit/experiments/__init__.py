@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
+from robustedit.experiments.base import Experiment, Options, evaluate_variant, finished
 from robustedit.registry import Registry
 
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    help: str
-    run: Callable[..., dict]
-
-
 EXPERIMENTS: Registry[Experiment] = Registry("experiment")
+
+
+def register(cls: type[Experiment]) -> type[Experiment]:
+    """Class decorator: one instance of the experiment under its name."""
+    EXPERIMENTS.register(cls.name, cls())
+    return cls
 
 
 def _register_all() -> None:
@@ -23,3 +19,5 @@ def _register_all() -> None:
 
 
 _register_all()
+
+__all__ = ["EXPERIMENTS", "Experiment", "Options", "evaluate_variant", "finished", "register"]

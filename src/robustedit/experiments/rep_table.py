@@ -9,7 +9,7 @@ of our first session (``-gated``). Each edit is made alone on the unedited model
 single-edit paradigm), on the cases the model knows (the paper's filter; the count is in the
 table). Columns: Success (``efficacy_top1``), Locality (``locality_top1``), and top-1 success on
 the in-domain and out-of-domain rephrased-subject, shuffled-subject and long-context probes
-(``eval.robustness``). Every cell is a mean over cases with its 95% bootstrap interval; every REP
+(``data.perturb``). Every cell is a mean over cases with its 95% bootstrap interval; every REP
 row also gets its paired difference from its base editor on the same cases, with its interval
 (``eval.intervals``).
 
@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shlex
-import sys
 from pathlib import Path
 from statistics import fmean
 
@@ -34,9 +32,10 @@ from robustedit.editors.base import Delta, applied
 from robustedit.errors import UserError
 from robustedit.eval.filters import known_cases
 from robustedit.eval.metrics import case_metrics, score_case
-from robustedit.eval.robustness import RobustnessConfig, in_domain, robustness_probes
+from robustedit.data.perturb import RobustnessConfig, in_domain, robustness_probes
 from robustedit.eval.runner import EvalOptions, LocalEvaluator, RunInfo, read_records, run_evaluation
-from robustedit.experiments import EXPERIMENTS, Experiment, tables
+from robustedit.experiments import Experiment, Options, register, tables
+from robustedit.output import atomic_write, write_json
 from robustedit.progress import progress
 
 log = logging.getLogger(__name__)
@@ -146,9 +145,9 @@ def tau_sweep_markdown(result: dict) -> str:
 
 
 def plot_tau_sweep(result: dict, path: Path) -> Path:
-    from robustedit.analysis.key_plots import _figure, _save
+    from robustedit.output import figure, save_figure
 
-    fig, ax = _figure(6.5, 4.2)
+    fig, ax = figure(6.5, 4.2)
     taus = result["taus"]
     for metric in SWEEP_METRICS:
         ys = [result["metrics"][str(t)].get(metric) for t in taus]
@@ -164,7 +163,7 @@ def plot_tau_sweep(result: dict, path: Path) -> Path:
     ax.set_title(f"ROME + REP against τ ({result['dataset']}, {result['n_cases']} known cases; "
                  "dotted: ROME alone)", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _known(lm, dataset: str, limit: int | None, known_only: bool = True) -> tuple[list, dict]:
@@ -185,10 +184,11 @@ def _run_row(row: str, lm, cases, folder: Path, sets: list[str], seed: int, comm
     """Evaluate one row into ``folder``; a finished row is read back, a row cut short continues
     where it stopped if its editor and settings are unchanged (else it starts over). The rows
     share ``pre_scores``: each case is scored on the unedited model once."""
-    from robustedit.session import make_editor
+    from robustedit.editors.settings import get_editor
 
     name, preset, row_sets = row_editor(row, sets)
-    editor, cfg = make_editor(name, lm, config_file=preset, sets=row_sets)
+    editor = get_editor(name, lm, config=preset, sets=row_sets)
+    cfg = editor.settings()
     setup = {"editor": name, "config": cfg, "dataset": dataset, "seed": seed, "robustness": dataclasses.asdict(rob),
              "cases": [c.case_id for c in cases]}
     setup_path = folder / "row.json"
@@ -206,62 +206,56 @@ def _run_row(row: str, lm, cases, folder: Path, sets: list[str], seed: int, comm
     return summary, read_records(folder / "records.jsonl")
 
 
-def run(*, out: Path | None, model: str, config: str | None, sets: list[str], seed: int, device: str, dtype: str,
-        limit: int | None = None, only: list[str] | None = None, dataset: str | None = None,
-        known_only: bool = True) -> dict:
-    from robustedit.cli import _setup
-    from robustedit.session import make_editor
+@register
+class REPTable(Experiment):
+    name = "rep-table"
+    help = ("the REP paper's Table 1 (ROME/MEMIT with and without REP, robustness in- and out-of-domain) "
+            "and its τ sweep")
+    variants = (*ROWS, *EXTRA_ROWS, "tau-sweep")
+    default_variants = (*ROWS, "tau-sweep")
+    datasets = None  # any file; rep-test by default
+    takes_all_cases = True
 
-    if config is not None:
-        raise UserError("reproduce rep-table runs several editors; set hyperparameters with --set instead of --config")
-    rows = list(only or ROWS)
-    choices = (*ROWS, *EXTRA_ROWS, "tau-sweep")
-    unknown = [r for r in rows if r not in choices]
-    if unknown:
-        raise UserError(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(choices)}")
-    if not only:
-        rows.append("tau-sweep")
-    out = Path(out or "runs/reproduce-rep-table")
-    lm = _setup(model, dtype, device, seed)
-    rob = RobustnessConfig(seed=seed)
-    command = "robustedit " + shlex.join(sys.argv[1:])
-    dataset = dataset or TABLE_DATASET
-    results: dict[str, dict] = {}
-    table_rows = [r for r in rows if r != "tau-sweep"]
-    if table_rows:
-        cases, counts = _known(lm, dataset, limit, known_only)
-        extra = {"filter": {"known_only": known_only, **counts}, "robustness": dataclasses.asdict(rob)}
-        records, pre_scores = {}, {}
-        for row in table_rows:
-            results[row], records[row] = _run_row(row, lm, cases, out / row, sets, seed, command, dataset, rob, extra,
-                                                  pre_scores)
-        # a base row already in OUT (from an earlier --only run) still pairs with its REP rows
-        for row in list(records):
-            base = base_row(row)
-            if base and base not in records and (out / base / "summary.json").exists():
-                records[base] = [r for r in read_records(out / base / "records.jsonl")
-                                 if r["case_id"] in {c.case_id for c in cases}]
-        stats = row_statistics(records)
-        (out / "rep_table.json").write_text(json.dumps(
-            {"dataset": dataset, "model": lm.name, "command": command, "filter": counts,
-             "rows": {r: {"n_cases": s["n_cases"], "metrics": s["metrics"], "config": s.get("config"), **stats[r]}
-                      for r, s in results.items()}}, indent=2) + "\n")
-        (out / "rep_table.md").write_text(table_markdown(results, stats, dataset, lm.name, counts))
-        log.info("wrote %s/rep_table.md and rep_table.json", out)
-    if "tau-sweep" in rows:
-        cases, counts = _known(lm, SWEEP_DATASET, limit, known_only)
-        name, preset, row_sets = row_editor(SWEEP_ROW, sets)
-        editor, cfg = make_editor(name, lm, config_file=preset, sets=row_sets)
-        sweep = tau_sweep(editor, cases, rob)
-        sweep.update({"row": SWEEP_ROW, "dataset": SWEEP_DATASET, "model": lm.name, "command": command, "config": cfg, "filter": counts})
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "tau_sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
-        (out / "tau_sweep.md").write_text(tau_sweep_markdown(sweep))
-        plot_tau_sweep(sweep, out / "tau_sweep.png")
-        results["tau-sweep"] = sweep
-        log.info("wrote %s/tau_sweep.{json,md,png}", out)
-    return results
+    def run(self, options: Options, out: Path, rows: list[str]) -> dict:
+        from robustedit.editors.settings import get_editor
 
-
-EXPERIMENTS.register("rep-table", Experiment("rep-table", "the REP paper's Table 1 (ROME/MEMIT with and without REP, "
-                                             "robustness in- and out-of-domain) and its τ sweep", run))
+        lm = options.load_model()
+        seed, sets, limit, known_only = options.seed, list(options.sets), options.limit, options.known_only
+        rob = RobustnessConfig(seed=seed)
+        command = options.command
+        dataset = options.dataset or TABLE_DATASET
+        results: dict[str, dict] = {}
+        table_rows = [r for r in rows if r != "tau-sweep"]
+        if table_rows:
+            cases, counts = _known(lm, dataset, limit, known_only)
+            extra = {"filter": {"known_only": known_only, **counts}, "robustness": dataclasses.asdict(rob)}
+            records, pre_scores = {}, {}
+            for row in table_rows:
+                results[row], records[row] = _run_row(row, lm, cases, out / row, sets, seed, command, dataset, rob,
+                                                      extra, pre_scores)
+            # a base row already in OUT (from an earlier --only run) still pairs with its REP rows
+            for row in list(records):
+                base = base_row(row)
+                if base and base not in records and (out / base / "summary.json").exists():
+                    records[base] = [r for r in read_records(out / base / "records.jsonl")
+                                     if r["case_id"] in {c.case_id for c in cases}]
+            stats = row_statistics(records)
+            write_json(out / "rep_table.json",
+                       {"dataset": dataset, "model": lm.name, "command": command, "filter": counts,
+                        "rows": {r: {"n_cases": s["n_cases"], "metrics": s["metrics"], "config": s.get("config"),
+                                     **stats[r]} for r, s in results.items()}})
+            atomic_write(out / "rep_table.md", table_markdown(results, stats, dataset, lm.name, counts))
+            log.info("wrote %s/rep_table.md and rep_table.json", out)
+        if "tau-sweep" in rows:
+            cases, counts = _known(lm, SWEEP_DATASET, limit, known_only)
+            name, preset, row_sets = row_editor(SWEEP_ROW, sets)
+            editor = get_editor(name, lm, config=preset, sets=row_sets)
+            sweep = tau_sweep(editor, cases, rob)
+            sweep.update({"row": SWEEP_ROW, "dataset": SWEEP_DATASET, "model": lm.name, "command": command,
+                          "config": editor.settings(), "filter": counts})
+            write_json(out / "tau_sweep.json", sweep)
+            atomic_write(out / "tau_sweep.md", tau_sweep_markdown(sweep))
+            plot_tau_sweep(sweep, out / "tau_sweep.png")
+            results["tau-sweep"] = sweep
+            log.info("wrote %s/tau_sweep.{json,md,png}", out)
+        return results

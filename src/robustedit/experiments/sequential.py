@@ -12,10 +12,7 @@ has a ``summary.json`` is not run again, so an interrupted reproduction continue
 
 from __future__ import annotations
 
-import json
 import logging
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +20,13 @@ from robustedit.data import load_cases
 from robustedit.errors import UserError
 from robustedit.eval.report import sequential_markdown, write_sequential_plot
 from robustedit.eval.runner import RunInfo
-from robustedit.eval.sequential import SequentialPlan, run_sequential
-from robustedit.experiments import EXPERIMENTS, Experiment
+from robustedit.eval.sequential import PROBE_CASES, SequentialPlan, run_sequential
+from robustedit.experiments import Experiment, Options, finished, register
+from robustedit.output import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 DATASET = "counterfact-val"  # 1,801 cases: 1,000 edits and held-out probe cases
 N_MAX = 1000
-PROBE_CASES = 50
 
 
 @dataclass(frozen=True)
@@ -50,59 +47,46 @@ VARIANTS = (
 )
 
 
-def run(*, out: Path | None, model: str, config: str | None, sets: list[str], seed: int, device: str, dtype: str,
-        limit: int | None = None, only: list[str] | None = None, dataset: str | None = None,
-        known_only: bool = True) -> dict:
-    from robustedit.cli import _setup  # the CLI's model setup: seeds, dtype, device
-    from robustedit.session import make_editor
+@register
+class Sequential(Experiment):
+    name = "sequential"
+    help = ("metrics against 1, 10, 100, 1000 sequential edits for ROME, MEMIT (plain, null-space, edit memory), "
+            "FT-L, MEND and SERAC with and without SSS")
+    variants = tuple(v.name for v in VARIANTS)
+    default_dataset = DATASET
 
-    if not known_only:
-        raise UserError("--all-cases is for rep-table; reproduce sequential edits every case it is given")
+    def run(self, options: Options, out: Path, variants: list[str]) -> dict:
+        from robustedit.editors.settings import get_editor
 
-    if dataset is not None:
-        raise UserError(f"reproduce sequential always edits {DATASET}; --dataset does not apply")
-    if config is not None:
-        raise UserError("reproduce sequential runs several editors; set their hyperparameters with --set instead of --config")
-    names = [v.name for v in VARIANTS]
-    unknown = [o for o in only or [] if o not in names]
-    if unknown:
-        raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(names)}")
-    variants = [v for v in VARIANTS if not only or v.name in only]
-    n = min(limit or N_MAX, N_MAX)
-    out = Path(out or "runs/reproduce-sequential")
-    cases = load_cases(DATASET)
-    if len(cases) < N_MAX + PROBE_CASES:
-        raise UserError(f"the {DATASET} file has {len(cases)} cases; the reproduction needs {N_MAX + PROBE_CASES}")
-    edited, probe = cases[:n], cases[N_MAX : N_MAX + PROBE_CASES]  # the same probes whatever --limit
-    lm = _setup(model, dtype, device, seed)
-    results = {}
-    for variant in VARIANTS:  # the combined table shows every variant already run at this N
-        folder = out / f"{variant.name}-n{n}"
-        if (folder / "summary.json").exists():
-            results[variant.name] = json.loads((folder / "summary.json").read_text())
-            continue
-        if variant not in variants:
-            continue
-        for leftover in ("records.jsonl", "checkpoints.jsonl", "edits.jsonl"):  # a variant cut short starts over
-            (folder / leftover).unlink(missing_ok=True)
-        editor, cfg = make_editor(variant.editor, lm, sets=[*variant.sets, *sets])
-        plan = SequentialPlan(n, min(variant.batch_size, n))
-        info = RunInfo(variant.editor, lm.name, DATASET, cfg, seed=seed,
-                       command="robustedit " + shlex.join(sys.argv[1:]), extra={"variant": variant.name})
-        results[variant.name] = run_sequential(editor, edited, probe, folder, info, plan, save_edits=False)
-    curves = {name: s["sequential"]["checkpoints"] for name, s in results.items()}
-    (out / "sequential.json").write_text(json.dumps(curves, indent=2) + "\n")
-    md = [f"# Sequential editing on {lm.name}: first {n} {DATASET} cases", "",
-          "Metrics over the facts edited so far, after each number of edits; the ability columns "
-          "are measured on text and prompts no edit touched (n = 0: the unedited model).", ""]
-    for name, points in curves.items():
-        s = results[name]["sequential"]
-        md += [f"## {name} ({s['batch_size']} per edit call)", "", sequential_markdown(points)]
-    (out / "sequential.md").write_text("\n".join(md))
-    write_sequential_plot(out / "sequential.png", curves)
-    log.info("wrote %s/sequential.md, sequential.json, sequential.png", out)
-    return curves
-
-
-EXPERIMENTS.register("sequential", Experiment("sequential", "metrics against 1, 10, 100, 1000 sequential edits "
-                                              "for ROME, MEMIT (plain, null-space, edit memory), FT-L, MEND and SERAC with and without SSS", run))
+        n = min(options.limit or N_MAX, N_MAX)
+        cases = load_cases(DATASET)
+        if len(cases) < N_MAX + PROBE_CASES:
+            raise UserError(f"the {DATASET} file has {len(cases)} cases; the reproduction needs {N_MAX + PROBE_CASES}")
+        edited, probe = cases[:n], cases[N_MAX : N_MAX + PROBE_CASES]  # the same probes whatever --limit
+        lm = options.load_model()
+        results = {}
+        for variant in VARIANTS:  # the combined table shows every variant already run at this N
+            folder = out / f"{variant.name}-n{n}"
+            leftovers = ("records.jsonl", "checkpoints.jsonl", "edits.jsonl") if variant.name in variants else ()
+            done = finished(folder, leftovers)
+            if done is not None or variant.name not in variants:
+                if done is not None:
+                    results[variant.name] = done
+                continue
+            editor = get_editor(variant.editor, lm, sets=[*variant.sets, *options.sets])
+            plan = SequentialPlan(n, min(variant.batch_size, n))
+            info = RunInfo(variant.editor, lm.name, DATASET, editor.settings(), seed=options.seed,
+                           command=options.command, extra={"variant": variant.name})
+            results[variant.name] = run_sequential(editor, edited, probe, folder, info, plan, save_edits=False)
+        curves = {name: s["sequential"]["checkpoints"] for name, s in results.items()}
+        write_json(out / "sequential.json", curves)
+        md = [f"# Sequential editing on {lm.name}: first {n} {DATASET} cases", "",
+              "Metrics over the facts edited so far, after each number of edits; the ability columns "
+              "are measured on text and prompts no edit touched (n = 0: the unedited model).", ""]
+        for name, points in curves.items():
+            s = results[name]["sequential"]
+            md += [f"## {name} ({s['batch_size']} per edit call)", "", sequential_markdown(points)]
+        atomic_write(out / "sequential.md", "\n".join(md))
+        write_sequential_plot(out / "sequential.png", curves)
+        log.info("wrote %s/sequential.md, sequential.json, sequential.png", out)
+        return curves

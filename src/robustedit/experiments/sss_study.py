@@ -26,17 +26,14 @@ reused when rerun with the same --out. Writes ``OUT/sss_<name>.{json,md,png}``.
 
 from __future__ import annotations
 
-import json
 import logging
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from robustedit.data import load_cases
 from robustedit.errors import UserError
-from robustedit.eval.runner import RunInfo, run_evaluation
-from robustedit.experiments import EXPERIMENTS, Experiment
+from robustedit.experiments import Experiment, Options, evaluate_variant, register
+from robustedit.output import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 EDITORS = ("rome", "memit", "ft-l", "ft-l+sss", "mend", "mend+sss", "serac", "serac+sss")
@@ -91,26 +88,16 @@ def study_cases(study: Study, limit: int) -> dict[str, list]:
 
 def available_editors(lm, names: list[str], sets: list[str]) -> tuple[list[str], dict[str, str]]:
     """Editors that can run (trained ones need their checkpoint) and why the others cannot."""
-    from robustedit.session import make_editor
+    from robustedit.editors.settings import get_editor
 
     ok, skipped = [], {}
     for name in names:
         try:
-            make_editor(name, lm, sets=sets)
+            get_editor(name, lm, sets=sets)
             ok.append(name)
         except UserError as e:
             skipped[name] = str(e)
     return ok, skipped
-
-
-def _evaluate(lm, name: str, sets: list[str], dataset: str, cases, folder: Path, command: str, seed: int) -> dict:
-    from robustedit.session import make_editor
-
-    if (folder / "summary.json").exists():
-        return json.loads((folder / "summary.json").read_text())
-    (folder / "records.jsonl").unlink(missing_ok=True)  # a run cut short starts over
-    editor, cfg = make_editor(name, lm, sets=sets)
-    return run_evaluation(editor, cases, folder, RunInfo(name, lm.name, dataset, cfg, seed=seed, command=command))
 
 
 def study_markdown(study: Study, result: dict) -> str:
@@ -135,10 +122,10 @@ def study_markdown(study: Study, result: dict) -> str:
 
 
 def plot_study(study: Study, result: dict, path: Path) -> Path:
-    from robustedit.analysis.key_plots import _figure, _save
+    from robustedit.output import figure, save_figure
 
     editors = list(result["runs"])
-    fig, ax = _figure(max(7.0, 1.1 * len(study.rows) + 2), 4.2)
+    fig, ax = figure(max(7.0, 1.1 * len(study.rows) + 2), 4.2)
     width = 0.8 / max(1, len(editors))
     for i, e in enumerate(editors):
         ys = [100 * result["runs"][e].get(r.dataset, {}).get("metrics", {}).get(r.metric, float("nan")) for r in study.rows]
@@ -148,47 +135,42 @@ def plot_study(study: Study, result: dict, path: Path) -> Path:
     ax.set_ylabel("%")
     ax.set_title(f"SSS {study.name} study ({result['model']})", fontsize=9)
     ax.legend(fontsize=7, ncol=4)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def run_study(study: Study, *, out: Path | None, model: str, config: str | None, sets: list[str], seed: int,
-              device: str, dtype: str, limit: int | None = None, only: list[str] | None = None,
-              dataset: str | None = None, known_only: bool = True) -> dict:
-    from robustedit.cli import _setup
+class _StudyExperiment(Experiment):
+    study: Study
+    variants = EDITORS
 
-    if config is not None:
-        raise UserError(f"reproduce sss-{study.name} runs several editors; set hyperparameters with --set")
-    if dataset is not None or not known_only:
-        raise UserError(f"reproduce sss-{study.name} chooses its own data; --dataset and --all-cases do not apply")
-    unknown = [e for e in only or () if e not in EDITORS]
-    if unknown:
-        raise UserError(f"unknown editor(s) {', '.join(unknown)}; choose from {', '.join(EDITORS)}")
-    out = Path(out or f"runs/reproduce-sss-{study.name}")
-    data = study_cases(study, limit or CASES)
-    lm = _setup(model, dtype, device, seed)
-    editors, skipped = available_editors(lm, list(only or EDITORS), sets)
-    for name, why in skipped.items():
-        log.warning("skipping %s: %s", name, why)
-    command = "robustedit " + shlex.join(sys.argv[1:])
-    runs = {e: {d: _evaluate(lm, e, sets, d, cases, out / e / d, command, seed) for d, cases in data.items()}
-            for e in editors}
-    result = {"model": lm.name, "command": command, "cases": {d: len(c) for d, c in data.items()}, "skipped": skipped,
-              "runs": {e: {d: {"n_cases": s["n_cases"], "metrics": s["metrics"], "timing": s["timing"]}
-                           for d, s in per.items()} for e, per in runs.items()}}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"sss_{study.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"sss_{study.name}.md").write_text(study_markdown(study, result))
-    plot_study(study, result, out / f"sss_{study.name}.png")
-    log.info("wrote %s/sss_%s.{json,md,png}", out, study.name)
-    return result
+    def run(self, options: Options, out: Path, variants: list[str]) -> dict:
+        study = self.study
+        data = study_cases(study, options.limit or CASES)
+        lm = options.load_model()
+        editors, skipped = available_editors(lm, variants, list(options.sets))
+        for name, why in skipped.items():
+            log.warning("skipping %s: %s", name, why)
+        runs = {e: {d: evaluate_variant(lm, e, list(options.sets), d, cases, out / e / d, options)
+                    for d, cases in data.items()} for e in editors}
+        result = {"model": lm.name, "command": options.command, "cases": {d: len(c) for d, c in data.items()},
+                  "skipped": skipped,
+                  "runs": {e: {d: {"n_cases": s["n_cases"], "metrics": s["metrics"], "timing": s["timing"]}
+                               for d, s in per.items()} for e, per in runs.items()}}
+        write_json(out / f"sss_{study.name}.json", result)
+        atomic_write(out / f"sss_{study.name}.md", study_markdown(study, result))
+        plot_study(study, result, out / f"sss_{study.name}.png")
+        log.info("wrote %s/sss_%s.{json,md,png}", out, study.name)
+        return result
 
 
-def _runner(study: Study):
-    return lambda **kw: run_study(study, **kw)
+@register
+class LocalityStudy(_StudyExperiment):
+    name = "sss-locality"
+    help = "the SSS paper's Table 3: reliability and four locality levels for every editor"
+    study = LOCALITY
 
 
-EXPERIMENTS.register("sss-locality", Experiment(
-    "sss-locality", "the SSS paper's Table 3: reliability and four locality levels for every editor", _runner(LOCALITY)))
-EXPERIMENTS.register("sss-portability", Experiment(
-    "sss-portability", "the SSS paper's Table 5: subject replace, reversed relation, one-hop for every editor",
-    _runner(PORTABILITY)))
+@register
+class PortabilityStudy(_StudyExperiment):
+    name = "sss-portability"
+    help = "the SSS paper's Table 5: subject replace, reversed relation, one-hop for every editor"
+    study = PORTABILITY

@@ -35,16 +35,14 @@ Both write JSON, a Markdown table and a PNG, and reuse finished rows when rerun 
 
 from __future__ import annotations
 
-import json
 import logging
-import shlex
-import sys
 from pathlib import Path
 
 from robustedit.data import load_cases
 from robustedit.errors import UserError
-from robustedit.eval.runner import RunInfo, read_records, run_evaluation
-from robustedit.experiments import EXPERIMENTS, Experiment, tables
+from robustedit.eval.runner import read_records
+from robustedit.experiments import Experiment, Options, evaluate_variant, register, tables
+from robustedit.output import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 ROWS = ("ft-l", "ft-l+sss", "mend", "mend+sss", "serac", "serac+sss")
@@ -83,19 +81,15 @@ def table_cases(dataset: str) -> list:
     return split_cases(load_cases("zsre-train"), LoopConfig().val_fraction)[1]
 
 
-def _evaluate(lm, name: str, sets: list[str], dataset: str, cases, folder: Path, command: str, seed: int) -> dict:
-    from robustedit.session import make_editor
+def _evaluate(lm, name: str, sets: list[str], dataset: str, cases, folder: Path, options: Options) -> dict:
+    """One row on one set; a finished row is reused only if it holds every wanted case."""
+    wanted = {c.case_id for c in cases}
 
-    wanted = [c.case_id for c in cases]
-    if (folder / "summary.json").exists():
-        summary = json.loads((folder / "summary.json").read_text())
-        done = [r["case_id"] for r in read_records(folder / "records.jsonl")]
-        if summary.get("n_cases") == len(wanted) and set(done) >= set(wanted):
-            return summary
-    (folder / "records.jsonl").unlink(missing_ok=True)  # a row cut short, or of other cases, starts over
-    editor, cfg = make_editor(name, lm, sets=sets)
-    info = RunInfo(name, lm.name, dataset, cfg, seed=seed, command=command)
-    return run_evaluation(editor, cases, folder, info, robustness=None)
+    def holds_the_cases(summary: dict) -> bool:
+        done = {r["case_id"] for r in read_records(folder / "records.jsonl")}
+        return summary.get("n_cases") == len(wanted) and done >= wanted
+
+    return evaluate_variant(lm, name, sets, dataset, cases, folder, options, accept=holds_the_cases)
 
 
 def _records(folder: Path, cases) -> list[dict]:
@@ -105,10 +99,10 @@ def _records(folder: Path, cases) -> list[dict]:
 
 def _check_trained(lm, rows: list[str], sets: list[str]) -> None:
     """Every trained row must find its trained editor before hours of FT-L start."""
-    from robustedit.session import make_editor
+    from robustedit.editors.settings import get_editor
 
     for row in (r for r in rows if r in TRAINED):
-        make_editor(row, lm, sets=[s for s in sets if s.startswith(("checkpoint=", "threshold="))])
+        get_editor(row, lm, sets=[s for s in sets if s.startswith(("checkpoint=", "threshold="))])
 
 
 def table_markdown(results: dict, stats: dict, model: str) -> str:
@@ -137,9 +131,9 @@ def table_markdown(results: dict, stats: dict, model: str) -> str:
 
 
 def plot_table(results: dict, sizes: dict[str, int], path: Path) -> Path:
-    from robustedit.analysis.key_plots import _figure, _save
+    from robustedit.output import figure, save_figure
 
-    fig, ax = _figure(8, 4)
+    fig, ax = figure(8, 4)
     labels = [f"{d}\n{c}" for d in sizes for c, _ in COLUMNS]
     width = 0.8 / max(1, len(results))
     for i, (row, per_dataset) in enumerate(results.items()):
@@ -148,58 +142,56 @@ def plot_table(results: dict, sizes: dict[str, int], path: Path) -> Path:
     ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(labels))], labels, fontsize=7)
     ax.set_ylabel("token accuracy (%)")
     ax.legend(fontsize=7, ncol=3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def run_table(*, out: Path | None, model: str, config: str | None, sets: list[str], seed: int, device: str,
-              dtype: str, limit: int | None = None, only: list[str] | None = None, dataset: str | None = None,
-              known_only: bool = True) -> dict:
-    from robustedit.cli import _setup
+@register
+class SSSTable(Experiment):
+    name = "sss-table"
+    help = "the SSS paper's Table 1: FT-L, MEND, SERAC with and without SSS on zsRE and CounterFact"
+    variants = (*ROWS, *EXTRA_ROWS)
+    default_variants = ROWS
+    datasets = DATASETS
 
-    _reject(config, dataset, known_only, "sss-table")
-    rows = list(only or ROWS)
-    unknown = [r for r in rows if r not in (*ROWS, *EXTRA_ROWS)]
-    if unknown:
-        raise UserError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join((*ROWS, *EXTRA_ROWS))}")
-    out = Path(out or "runs/reproduce-sss-table")
-    lm = _setup(model, dtype, device, seed)
-    _check_trained(lm, rows, sets)
-    command = "robustedit " + shlex.join(sys.argv[1:])
-    sets_run = (dataset,) if dataset else DATASETS
-    every = {d: table_cases(d) for d in sets_run}
+    def run(self, options: Options, out: Path, rows: list[str]) -> dict:
+        lm = options.load_model()
+        sets = list(options.sets)
+        _check_trained(lm, rows, sets)
+        dataset, limit = options.dataset, options.limit
+        sets_run = (dataset,) if dataset else DATASETS
+        every = {d: table_cases(d) for d in sets_run}
 
-    def cases_of(row: str, d: str):  # FT-L rows: the first FTL_CASES; trained editors: every case
-        n = limit or (FTL_CASES if row.startswith("ft-l") else None)
-        return every[d][:n] if n else every[d]
+        def cases_of(row: str, d: str):  # FT-L rows: the first FTL_CASES; trained editors: every case
+            n = limit or (FTL_CASES if row.startswith("ft-l") else None)
+            return every[d][:n] if n else every[d]
 
-    results: dict[str, dict] = {}
-    records: dict[str, dict[str, list[dict]]] = {d: {} for d in sets_run}
-    for row in rows:
-        name, row_sets = row_editor(row, sets)
-        results[row] = {}
-        for d in sets_run:
-            cases = cases_of(row, d)
-            results[row][d] = _evaluate(lm, name, row_sets, d, cases, out / row / d, command, seed)
-            records[d][row] = _records(out / row / d, cases)
-    for d in sets_run:  # a base row finished in an earlier run of this --out still pairs with its +sss rows
-        for row in list(records[d]):
-            base = base_row(row)
-            if base and base not in records[d] and (out / base / d / "summary.json").exists():
-                records[d][base] = _records(out / base / d, every[d])
-    metrics = [k for _, k in COLUMNS]
-    stats = {d: tables.row_statistics(records[d], metrics, base_row) for d in sets_run}
-    sizes = {d: max(len(cases_of(r, d)) for r in rows) for d in sets_run}
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"sss_table-{dataset}" if dataset else "sss_table"  # one set's table beside the others'
-    (out / f"{stem}.json").write_text(json.dumps(
-        {"model": lm.name, "command": command,
-         "rows": {r: {d: {"n_cases": s["n_cases"], "metrics": s["metrics"], "timing": s["timing"],
-                          "config": s.get("config"), **stats[d][r]} for d, s in per.items()}
-                  for r, per in results.items()}}, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(table_markdown(results, stats, lm.name))
-    plot_table(results, sizes, out / f"{stem}.png")
-    log.info("wrote %s/%s.{json,md,png}", out, stem)
-    return results
+        results: dict[str, dict] = {}
+        records: dict[str, dict[str, list[dict]]] = {d: {} for d in sets_run}
+        for row in rows:
+            name, row_sets = row_editor(row, sets)
+            results[row] = {}
+            for d in sets_run:
+                cases = cases_of(row, d)
+                results[row][d] = _evaluate(lm, name, row_sets, d, cases, out / row / d, options)
+                records[d][row] = _records(out / row / d, cases)
+        for d in sets_run:  # a base row finished in an earlier run of this --out still pairs with its +sss rows
+            for row in list(records[d]):
+                base = base_row(row)
+                if base and base not in records[d] and (out / base / d / "summary.json").exists():
+                    records[d][base] = _records(out / base / d, every[d])
+        metrics = [k for _, k in COLUMNS]
+        stats = {d: tables.row_statistics(records[d], metrics, base_row) for d in sets_run}
+        sizes = {d: max(len(cases_of(r, d)) for r in rows) for d in sets_run}
+        stem = f"sss_table-{dataset}" if dataset else "sss_table"  # one set's table beside the others'
+        write_json(out / f"{stem}.json",
+                   {"model": lm.name, "command": options.command,
+                    "rows": {r: {d: {"n_cases": s["n_cases"], "metrics": s["metrics"], "timing": s["timing"],
+                                     "config": s.get("config"), **stats[d][r]} for d, s in per.items()}
+                             for r, per in results.items()}})
+        atomic_write(out / f"{stem}.md", table_markdown(results, stats, lm.name))
+        plot_table(results, sizes, out / f"{stem}.png")
+        log.info("wrote %s/%s.{json,md,png}", out, stem)
+        return results
 
 
 def sweep_markdown(result: dict) -> str:
@@ -214,9 +206,9 @@ def sweep_markdown(result: dict) -> str:
 
 
 def plot_sweep(result: dict, path: Path) -> Path:
-    from robustedit.analysis.key_plots import _figure, _save
+    from robustedit.output import figure, save_figure
 
-    fig, ax = _figure(6, 4)
+    fig, ax = figure(6, 4)
     cs = result["c_values"]
     for label, key in COLUMNS:
         ax.plot(cs, [100 * result["runs"][str(c)]["metrics"][key] for c in cs], marker="o", label=label)
@@ -224,45 +216,33 @@ def plot_sweep(result: dict, path: Path) -> Path:
     ax.set_ylabel("token accuracy (%)")
     ax.set_title(f"FT-L + SSS on {result['dataset']} ({result['n_cases']} cases)", fontsize=9)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def run_sweep(*, out: Path | None, model: str, config: str | None, sets: list[str], seed: int, device: str,
-              dtype: str, limit: int | None = None, only: list[str] | None = None, dataset: str | None = None,
-              known_only: bool = True) -> dict:
-    from robustedit.cli import _setup
+@register
+class SSSCSweep(Experiment):
+    name = "sss-c-sweep"
+    help = "the SSS paper's Figure 3: FT-L + SSS against C"
+    variants = ("ft-l+sss",)
+    datasets = None  # any data; zsre-knowedit by default
 
-    _reject(config, None, known_only, "sss-c-sweep")
-    if only and any(o != "ft-l+sss" for o in only):
-        raise UserError("sss-c-sweep sweeps ft-l+sss; trained editors need one training per C "
-                        "(robustedit train mend+sss --set sss.coefficient=C --out DIR)")
-    dataset = dataset or DATASETS[0]
-    out = Path(out or "runs/reproduce-sss-c-sweep")
-    lm = _setup(model, dtype, device, seed)
-    command = "robustedit " + shlex.join(sys.argv[1:])
-    cases = load_cases(dataset, limit=limit or SWEEP_CASES)
-    runs = {str(c): _evaluate(lm, "ft-l+sss", [*sets, f"sss.coefficient={c}"], dataset, cases, out / f"C-{c}",
-                              command, seed) for c in C_VALUES}
-    result = {"model": lm.name, "dataset": dataset, "n_cases": len(cases), "command": command,
-              "c_values": list(C_VALUES), "runs": {c: {"metrics": s["metrics"], "timing": s["timing"]} for c, s in runs.items()}}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sss_c_sweep.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "sss_c_sweep.md").write_text(sweep_markdown(result))
-    plot_sweep(result, out / "sss_c_sweep.png")
-    log.info("wrote %s/sss_c_sweep.{json,md,png}", out)
-    return result
+    def check(self, options: Options) -> None:
+        if any(o != "ft-l+sss" for o in options.only):
+            raise UserError("sss-c-sweep sweeps ft-l+sss; trained editors need one training per C "
+                            "(robustedit train mend+sss --set sss.coefficient=C --out DIR)")
+        super().check(options)
 
-
-def _reject(config: str | None, dataset: str | None, known_only: bool, name: str) -> None:
-    if config is not None:
-        raise UserError(f"reproduce {name} runs several editors; set hyperparameters with --set instead of --config")
-    if dataset is not None and name == "sss-table" and dataset not in DATASETS:
-        raise UserError(f"reproduce sss-table runs on {', '.join(DATASETS)}; --dataset picks one of them "
-                        f"(any dataset: rep-table, sss-c-sweep), not {dataset!r}")
-    if not known_only:
-        raise UserError("--all-cases applies to rep-table; the SSS experiments use every case already")
-
-
-EXPERIMENTS.register("sss-table", Experiment("sss-table", "the SSS paper's Table 1: FT-L, MEND, SERAC with and "
-                                             "without SSS on zsRE and CounterFact", run_table))
-EXPERIMENTS.register("sss-c-sweep", Experiment("sss-c-sweep", "the SSS paper's Figure 3: FT-L + SSS against C", run_sweep))
+    def run(self, options: Options, out: Path, variants: list[str]) -> dict:
+        dataset = options.dataset or DATASETS[0]
+        lm = options.load_model()
+        cases = load_cases(dataset, limit=options.limit or SWEEP_CASES)
+        runs = {str(c): _evaluate(lm, "ft-l+sss", [*options.sets, f"sss.coefficient={c}"], dataset, cases,
+                                  out / f"C-{c}", options) for c in C_VALUES}
+        result = {"model": lm.name, "dataset": dataset, "n_cases": len(cases), "command": options.command,
+                  "c_values": list(C_VALUES),
+                  "runs": {c: {"metrics": s["metrics"], "timing": s["timing"]} for c, s in runs.items()}}
+        write_json(out / "sss_c_sweep.json", result)
+        atomic_write(out / "sss_c_sweep.md", sweep_markdown(result))
+        plot_sweep(result, out / "sss_c_sweep.png")
+        log.info("wrote %s/sss_c_sweep.{json,md,png}", out)
+        return result

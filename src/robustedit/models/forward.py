@@ -12,6 +12,18 @@ from robustedit.models.load import LanguageModel
 from robustedit.models.text import Batch
 
 
+# The attribute an edit memory (``editors/memory.py``) holds on the causal-LM wrapper while it
+# reroutes the wrapper's logits; the model layer reads it without knowing any editor.
+LOGIT_ROUTER = "_robustedit_memory"
+
+
+def reroutes_logits(model: torch.nn.Module) -> bool:
+    """True while something rewrites the causal-LM wrapper's output logits (SERAC's edit memory):
+    such a model must run its full forward over every token, never the faster base-model path,
+    packed rows or a KV-cached step."""
+    return getattr(model, LOGIT_ROUTER, None) is not None
+
+
 def hidden_states(lm: LanguageModel, batch: Batch) -> torch.Tensor:
     """Final (normed) hidden states ``(B, T, d)`` of the base model."""
     out = lm.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
@@ -32,7 +44,7 @@ def position_logits(lm: LanguageModel, batch: Batch, rows: torch.Tensor, cols: t
     """Next-token logits ``(N, V)`` at ``(rows[n], cols[n])`` of ``batch``. A model with a forward
     hook on its causal-LM wrapper (an edit memory that reroutes its output, ``editors/memory.py``)
     runs its full forward, so that the hook sees and rewrites the logits it is responsible for."""
-    if lm.model._forward_hooks:
+    if reroutes_logits(lm.model):
         out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         return out.logits[rows, cols]
     return logits_at(lm, hidden_states(lm, batch), rows, cols)

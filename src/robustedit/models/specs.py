@@ -37,6 +37,16 @@ class ArchSpec:
     attn: str = "self_attn"
     mlp_in: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj")
 
+    def stored(self, update):
+        """A ``(d_out, d_in)`` weight update in this architecture's storage layout: the one place
+        that knows GPT-2's ``Conv1D`` stores its weight transposed."""
+        return update.T if self.weight_is_in_out else update
+
+    def in_out(self, weight) -> tuple[int, int]:
+        """``(d_in, d_out)`` of a stored weight, whatever its layout."""
+        rows, cols = weight.shape
+        return (rows, cols) if self.weight_is_in_out else (cols, rows)
+
     def layer_path(self, i: int) -> str:
         return f"{self.layers}.{i}"
 

@@ -6,7 +6,7 @@ and the random state go to ``OUT/checkpoint.pt`` (written to a temporary file an
 kill mid-write leaves the previous checkpoint intact); ``resume=True`` continues from it and the
 resumed run sees the same batches as an uninterrupted one (batches are a function of the step
 number, :func:`batch_indices`). ``OUT/train_log.jsonl`` gets one line per logged step and per
-validation. At the end the task's export is written as a trained editor (``training/files.py``).
+validation. At the end the task's export is written as a trained editor (``editors/trained.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,26 +22,11 @@ from torch import nn
 
 from robustedit.errors import UserError
 from robustedit.progress import progress
+from robustedit.output import staged
 from robustedit.rundir import on_interrupt, writer_lock
-from robustedit.training.files import save_trained
+from robustedit.editors.trained import LoopConfig, save_trained  # noqa: F401  (LoopConfig: re-exported)
 
 CHECKPOINT, LOG = "checkpoint.pt", "train_log.jsonl"
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
-    val_every: int = field(default=250, metadata={"help": "validate every N steps (and at the end); 0 = only at the end"})
-    save_every: int = field(default=50, metadata={"help": "write a resumable checkpoint every N steps"})
-    log_every: int = field(default=10, metadata={"help": "write the running training losses every N steps"})
-    val_fraction: float = field(default=0.1, metadata={"help": "share of the training file held back for validation (its tail)"})
-    val_cases: int = field(default=50, metadata={"help": "validation cases scored at each validation"})
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.save_every < 1 or self.log_every < 1 or self.val_every < 0:
-            raise UserError("train.steps, train.save_every and train.log_every must be >= 1, train.val_every >= 0")
-        if not 0 < self.val_fraction < 1 or self.val_cases < 1:
-            raise UserError("train.val_fraction must be in (0, 1) and train.val_cases >= 1")
 
 
 class TrainTask(Protocol):
@@ -144,9 +128,8 @@ def _save_checkpoint(task: TrainTask, out: Path, step: int, elapsed: float, meta
     state = {"step": step, "elapsed_s": elapsed, "module": task.module.state_dict(),
              "optimizer": task.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
              "config": meta.get("config")}
-    tmp = out / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(out / CHECKPOINT)
+    with staged(out / CHECKPOINT) as tmp:
+        torch.save(state, tmp)
 
 
 RESUMABLE_CHANGES = ("steps", "val_every", "save_every", "log_every")  # a resumed run may train longer

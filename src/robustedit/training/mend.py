@@ -114,7 +114,7 @@ class MENDTask:
         return edit_factors(self.lm, self.modules, [e.request for e in batch])
 
     def _edited(self, batch: list[Example]) -> dict[str, torch.Tensor]:
-        updates = self.module.updates(self._factors(batch), self.lm.spec.weight_is_in_out)
+        updates = self.module.updates(self._factors(batch), self.lm.spec.stored)
         return {n: self.base[n] + updates[n].to(self.base[n].dtype) for n in self.names}
 
     def _losses(self, batch: list[Example], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,4 +1,6 @@
-"""A trained editor on disk: ``editor.safetensors`` (its networks' weights) + ``editor.json``.
+"""A trained editor on disk, and the training-loop settings its config carries.
+
+A trained editor on disk: ``editor.safetensors`` (its networks' weights) + ``editor.json``.
 
 The JSON says which editor and which model the weights were trained for (the model's weights
 fingerprint, so an editor trained on one model is never silently used with another), the full
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +55,19 @@ def load_trained(folder: str | Path | None, editor: str, lm) -> tuple[dict[str, 
                         f"{str(meta.get('fingerprint'))[:12]}), not {lm.name} ({lm.fingerprint[:12]}); "
                         f"train it for this model with `{train_cmd}`")
     return load_file(str(path / WEIGHTS), device=str(lm.device)), meta
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    val_every: int = field(default=250, metadata={"help": "validate every N steps (and at the end); 0 = only at the end"})
+    save_every: int = field(default=50, metadata={"help": "write a resumable checkpoint every N steps"})
+    log_every: int = field(default=10, metadata={"help": "write the running training losses every N steps"})
+    val_fraction: float = field(default=0.1, metadata={"help": "share of the training file held back for validation (its tail)"})
+    val_cases: int = field(default=50, metadata={"help": "validation cases scored at each validation"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.save_every < 1 or self.log_every < 1 or self.val_every < 0:
+            raise UserError("train.steps, train.save_every and train.log_every must be >= 1, train.val_every >= 0")
+        if not 0 < self.val_fraction < 1 or self.val_cases < 1:
+            raise UserError("train.val_fraction must be in (0, 1) and train.val_cases >= 1")
