@@ -28,11 +28,15 @@ def __getattr__(name: str):
         from robustedit import data
 
         return getattr(data, name)
-    if name in ("run_evaluation",):
+    if name in ("run_evaluation", "RunInfo"):
         from robustedit.eval import runner
 
         return getattr(runner, name)
+    if name == "EvalPlan":
+        from robustedit.eval.plan import EvalPlan
+
+        return EvalPlan
     raise AttributeError(f"module 'robustedit' has no attribute {name!r}")
 
 
-__all__ = ["EditRequest", "UserError", "load_model", "get_editor", "build_editor", "applied", "apply_delta", "load_cases", "run_evaluation"]
+__all__ = ["EditRequest", "UserError", "load_model", "get_editor", "build_editor", "applied", "apply_delta", "load_cases", "run_evaluation", "RunInfo", "EvalPlan"]
