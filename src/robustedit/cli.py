@@ -1,4 +1,4 @@
-"""The ``robustedit`` command line: a thin layer over the Python API (CONTRACT.md)."""
+"""The ``robustedit`` command line: a thin layer over the Python API (docs/contract.md)."""
 
 from __future__ import annotations
 

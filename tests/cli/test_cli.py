@@ -1,4 +1,4 @@
-"""The ``robustedit`` command line (CONTRACT.md): help, and one-line errors for user mistakes.
+"""The ``robustedit`` command line (docs/contract.md): help, and one-line errors for user mistakes.
 
 A user mistake must exit with status 2, print exactly one line ``error: ...`` on stderr with no
 traceback, and leave no output file or folder behind. Tests not marked ``integration`` run with
@@ -68,7 +68,7 @@ def test_top_level_help_lists_every_command(cli):
     ("evaluate", ("--editor", "--dataset", "--limit", "--out", "--resume", *COMMON)),
     ("reproduce", ("--out", *COMMON)),
     ("train", ("--out", "--resume", *COMMON)),
-    # `stats` is not in CONTRACT.md; it has no editor, hence no --config / --set.
+    # `stats` is not in docs/contract.md; it has no editor, hence no --config / --set.
     ("stats", ("--layers", "--model", "--seed", "--device", "--dtype")),
 ])
 def test_command_help(cli, command, options):

@@ -135,3 +135,24 @@ def test_robustness_items_pair_every_probe_with_the_new_target():
     probes = {"shuffle_subject": {"id": [Probe("The mother tongue of {} is", "Darrieux Danielle")], "ood": []}}
     assert robustness_items(CASE, probes) == {
         "shuffle_subject_id": [("The mother tongue of Darrieux Danielle is", "English")]}
+
+
+def test_long_context_probes_that_do_not_fit_the_model_are_refused():
+    from robustedit.data.perturb import RobustnessConfig
+    from robustedit.errors import UserError
+
+    RobustnessConfig(context_tokens=512).check_fits(8192, "smollm2")  # fits
+    RobustnessConfig(context_tokens=512).check_fits(None, "a model without a position limit")
+    with pytest.raises(UserError, match="context_tokens to at most 192"):
+        RobustnessConfig(context_tokens=512).check_fits(256, "tiny-gpt2")
+
+
+def test_a_rep_editor_on_a_short_model_says_so(tiny_lm_factory):
+    from robustedit.editors import get_editor
+    from robustedit.errors import UserError
+
+    lm = tiny_lm_factory("gpt2")
+    assert lm.max_positions is not None and lm.max_positions < 512 + 64
+    with pytest.raises(UserError, match="do not fit"):
+        get_editor("rome+rep", lm, layer=1)
+    get_editor("rome+rep", lm, layer=1, rep={"robustness": {"context_tokens": 64}})

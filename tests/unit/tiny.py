@@ -89,8 +89,10 @@ def tiny_config(arch: str, vocab_size: int, **overrides):
     # initializer_range 0.1 (not transformers' 0.02): the MLP outputs then weigh in the residual
     # stream as in a trained model; at 0.02 the clamp ‖δ‖ ≤ 4‖v₀‖ leaves edits with no visible effect.
     common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0, initializer_range=0.1)
+    # 1024 positions (rotary: no parameters): the default 512-token long-context probes must fit
+    # (RobustnessConfig.check_fits); GPT-2's learned table stays at 256, so short models are tested too.
     llama_like = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=256, **common)
+                      num_key_value_heads=2, max_position_embeddings=1024, **common)
     if arch == "llama":
         cfg = tf.LlamaConfig(**llama_like)
     elif arch == "mistral":

@@ -62,6 +62,14 @@ class RobustnessConfig:
         if self.context_tokens < 1:
             raise UserError("robustness context_tokens must be >= 1")
 
+    def check_fits(self, max_positions: int | None, model: str, prompt_room: int = 64) -> None:
+        """Refuse long-context probes that would not fit the model (``prompt_room`` tokens are
+        left for the prompt and target): past its position table it fails or reads garbage."""
+        if max_positions is not None and self.context_tokens + prompt_room > max_positions:
+            raise UserError(f"long-context probes of {self.context_tokens} tokens do not fit {model}, which takes "
+                            f"{max_positions} positions; set robustness.context_tokens to at most "
+                            f"{max(1, max_positions - prompt_room)}")
+
 
 def case_rng(seed: int, case_id: str, purpose: str) -> random.Random:
     """A generator for one case and purpose, the same in every process (no ``hash()`` salt)."""

@@ -162,6 +162,7 @@ class _WithREP(Editor):
         super().__init__(lm, config)
         names = [f.name for f in dataclasses.fields(self.base_config_cls)]
         self.base = self.base_cls(lm, self.base_config_cls(**{n: getattr(self.config, n) for n in names}))
+        self.config.rep.robustness.check_fits(lm.max_positions, lm.name)
 
     def prepare(self) -> None:
         self.base.prepare()

@@ -1,4 +1,4 @@
-"""Per-case metrics (CONTRACT.md names) computed from scores before and after the edit.
+"""Per-case metrics (docs/contract.md names) computed from scores before and after the edit.
 
 Each metric is registered with its direction; a metric returns ``None`` when the case lacks what
 it needs (no paraphrases, no true target), and the summary averages over the cases that have it.

@@ -184,6 +184,8 @@ class LocalEvaluator:
         self.editor, self.options, self.pre_scores = editor, options, pre_scores
 
     def prepare(self) -> None:
+        if self.options.robustness is not None:
+            self.options.robustness.check_fits(self.editor.lm.max_positions, self.editor.lm.name)
         self.editor.prepare()
 
     def records(self, cases: list[Case]) -> Iterator[dict]:

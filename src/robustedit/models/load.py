@@ -51,6 +51,13 @@ class LanguageModel:
         return self.module(self.spec.layer_path(self.check_layer(layer)))
 
     @property
+    def max_positions(self) -> int | None:
+        """The longest input the model was built for (learned position tables end there), if it says."""
+        config = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") else self.model.config
+        value = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return int(value) if value else None
+
+    @property
     def d_model(self) -> int:
         """Width of the residual stream (the embedding width in every architecture of the table)."""
         return int(self.module(self.spec.embeddings).weight.shape[1])
