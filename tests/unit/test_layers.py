@@ -14,7 +14,7 @@ import robustedit
 
 ROOT = Path(robustedit.__file__).parent
 CORE = ("errors", "paths", "progress", "output", "registry", "request", "config", "rundir")  # in this order too
-ORDER = [*CORE, "models", "stats", "data", "editors", "training", "session", "eval", "analysis", "experiments", "cli"]
+ORDER = [*CORE, "models", "stats", "data", "editors", "training", "session", "use", "eval", "analysis", "experiments", "cli"]
 RANK = {name: (0 if name in CORE else ORDER.index(name)) for name in ORDER}
 
 
