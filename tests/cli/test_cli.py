@@ -56,10 +56,22 @@ def _nothing_written(tmp_path: Path, *, allowed: tuple[str, ...] = ()) -> None:
 # --- help ---------------------------------------------------------------------------------------
 
 
+def test_list_names_every_editor_dataset_model_and_experiment(cli):
+    from robustedit.data.loaders import dataset_names
+    from robustedit.editors import EDITORS
+    from robustedit.experiments import EXPERIMENTS
+    from robustedit.models.embedded import EMBEDDED
+
+    result = cli("list")
+    assert result.exc is None and result.code == 0, result.describe()
+    for name in [*EDITORS.names(), *dataset_names(), *EMBEDDED.names(), *EXPERIMENTS.names()]:
+        assert name in result.out, f"{name!r} missing from `robustedit list`"
+
+
 def test_top_level_help_lists_every_command(cli):
     result = cli("--help")
     assert result.exc is None and result.code == 0, result.describe()
-    for command in ("edit", "evaluate", "stats", "reproduce", "analyze", "train"):
+    for command in ("edit", "evaluate", "stats", "reproduce", "analyze", "train", "list"):
         assert re.search(rf"\b{command}\b", result.out), f"{command!r} missing from --help:\n{result.out}"
 
 

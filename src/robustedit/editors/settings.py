@@ -4,7 +4,8 @@ Configuration layers, later wins: the editor's dataclass defaults → the shippe
 ``resources/configs/<editor>/<model>.yaml`` (if any; an add-on such as ``rome+rep`` first takes
 its base editor's file, so the base's measured layers and λ carry over) → ``config`` (a YAML file,
 or the name of a bundled preset ``resources/configs/presets/<name>.yaml``, e.g. ``rep-paper``) →
-``sets`` (``["key=value", ...]``, the CLI's ``--set``) → keyword ``overrides`` (Python values,
+``sets`` (``["key=value", ...]``, the CLI's ``--set``; an EasyEdit hparams file is translated,
+``editors/easyedit.py``) → keyword ``overrides`` (Python values,
 nested dicts for nested configs).
 
 :func:`resolve_editor` does all of it without a model, so a command can refuse a bad setting
@@ -18,6 +19,7 @@ from typing import Any, Iterable
 
 from robustedit.config import from_dict, merge, parse_overrides, read_yaml
 from robustedit.editors.base import EDITORS, Editor
+from robustedit.editors.easyedit import from_easyedit, is_easyedit
 from robustedit.errors import UserError
 from robustedit.paths import resource
 
@@ -53,7 +55,12 @@ def editor_settings(editor: str, model: str, config: str | None = None, sets: It
     """The merged override mapping for ``editor`` on ``model`` (validated by :func:`resolve_editor`)."""
     settings = shipped_config(editor, model)
     if config:
-        settings = merge(settings, read_yaml(config_path(config)))
+        path = config_path(config)
+        given = read_yaml(path)
+        if is_easyedit(given):  # an EasyEdit hparams file: its keys translated, or refused with a list
+            cls = EDITORS.get(editor) if editor in EDITORS else None
+            given = from_easyedit(given, editor, cls.extends if cls else None, str(path))
+        settings = merge(settings, given)
     return merge(merge(settings, parse_overrides(list(sets))), overrides or {})
 
 

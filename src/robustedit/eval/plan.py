@@ -142,7 +142,7 @@ class EvalPlan:
                           tuple(self.sets), self.dtype, self.device, self.seed)
         self.extra["workers"] = {"n": self.workers, "threads": self.worker_threads, "address": self.address}
         run = RunInfo(editor=self.editor, model=self.model, dataset=self.dataset, config=asdict(config),
-                      seed=self.seed, command=self.command, extra=self.extra)
+                      seed=self.seed, command=self.command, extra=self.extra, dtype=self.dtype, device=self.device)
         with RayEvaluator(spec, EvalOptions(rob, self.seed, gen), self.workers, address=self.address,
                           threads=self.worker_threads) as evaluator:
             return run_evaluation(evaluator, cases, self.out, run, resume=self.resume)
@@ -154,7 +154,8 @@ class EvalPlan:
 
         editor = get_editor(self.editor, lm, config=self.config, sets=self.sets)
         run = RunInfo(editor=self.editor, model=lm.name, dataset=self.dataset, config=editor.settings(),
-                      seed=self.seed, command=self.command, extra=self.extra, fingerprint=lm.fingerprint)
+                      seed=self.seed, command=self.command, extra=self.extra, fingerprint=lm.fingerprint,
+                      dtype=str(lm.dtype).removeprefix("torch."), device=str(lm.device))
         if plan is None:
             return run_evaluation(LocalEvaluator(editor, EvalOptions(rob, self.seed, gen)), cases, self.out, run,
                                   resume=self.resume)

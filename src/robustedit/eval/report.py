@@ -24,6 +24,12 @@ def summary_markdown(summary: dict) -> str:
     if "edits_not_taken" in summary:
         lines += ["", f"{summary['edits_not_taken']} of {summary['n_cases']} edits did not take (the new target is "
                   "not the top-1 prediction on the edit prompt afterwards; `efficacy_top1` of each record)."]
+    if "edits_not_converged" in summary:
+        lines += ["", f"{summary['edits_not_converged']} of {summary['n_cases']} edits did not converge (the optimisation "
+                  "ended with the new target below half its probability; `edit.convergence` of each record)."]
+    env = summary.get("environment", {})
+    if env:
+        lines += ["", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items() if v is not None) + "."]
     if summary.get("pre_edit"):
         lines += ["", f"Unedited model: true target top-1 on {summary['pre_edit']['true_top1']:.1%} of edit prompts."]
     if summary.get("sequential"):

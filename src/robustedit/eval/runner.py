@@ -49,6 +49,8 @@ class RunInfo:
     seed: int = 0
     extra: dict = field(default_factory=dict)
     fingerprint: str | None = None  # the model's weights (LanguageModel.fingerprint), when known
+    dtype: str | None = None  # the model's, as loaded (summary.json's "environment")
+    device: str | None = None
 
     def settings(self) -> dict:
         """What a resume must match: records made otherwise would be mixed with these."""
@@ -264,6 +266,7 @@ def summarize(records: list[dict], run: RunInfo, prepare_s: float | None = None)
         timing["prepare_s"] = prepare_s
     known = [r["pre"].get("true_top1") for r in records if "true_top1" in r.get("pre", {})]
     took = [r["metrics"]["efficacy_top1"] for r in records if "efficacy_top1" in r["metrics"]]
+    converged = [c["converged"] for r in records for c in _convergence(r.get("edit", {}))]
     return {
         "editor": run.editor,
         "model": run.model,
@@ -275,7 +278,36 @@ def summarize(records: list[dict], run: RunInfo, prepare_s: float | None = None)
         "pre_edit": {"true_top1": statistics.fmean(known)} if known else {},
         # edits after which the new target is not the top-1 prediction: counted, never hidden in a mean
         **({"edits_not_taken": sum(1 for t in took if t < 1)} if took else {}),
+        **({"edits_not_converged": converged.count(False)} if converged else {}),
         "command": run.command,
         "seed": run.seed,
+        "environment": environment(run),
         **run.extra,
     }
+
+
+def _convergence(edit: dict) -> list[dict]:
+    """An edit's convergence entries (``Delta.info["convergence"]``: one dict, or one per request)."""
+    found = edit.get("convergence")
+    return [found] if isinstance(found, dict) else list(found or [])
+
+
+PACKAGES = ("torch", "transformers", "safetensors", "numpy", "tokenizers")
+
+
+def environment(run: RunInfo) -> dict:
+    """What made the numbers besides the settings: package versions, dtype and device."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from robustedit import __version__
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"robustedit": __version__, "python": platform.python_version(),
+            **{name: installed(name) for name in PACKAGES},
+            **({"dtype": run.dtype} if run.dtype else {}), **({"device": run.device} if run.device else {})}
