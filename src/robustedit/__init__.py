@@ -32,6 +32,14 @@ def __getattr__(name: str):
         from robustedit.eval import runner
 
         return getattr(runner, name)
+    if name == "generate":
+        from robustedit.use.generate import generate
+
+        return generate
+    if name in ("read_facts", "edit_facts"):
+        from robustedit.use import facts
+
+        return getattr(facts, name)
     if name == "EvalPlan":
         from robustedit.eval.plan import EvalPlan
 
@@ -39,4 +47,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'robustedit' has no attribute {name!r}")
 
 
-__all__ = ["EditRequest", "UserError", "load_model", "get_editor", "build_editor", "applied", "apply_delta", "load_cases", "run_evaluation", "RunInfo", "EvalPlan"]
+__all__ = ["EditRequest", "UserError", "load_model", "get_editor", "build_editor", "applied", "apply_delta", "load_cases", "run_evaluation", "RunInfo", "EvalPlan",
+           "generate", "read_facts", "edit_facts"]

@@ -74,27 +74,36 @@ def _first_target_token(lm, prompt: str, target: str) -> str:
 @app.command()
 def edit(
     editor: str = typer.Option("rome", "--editor", help="editor name, e.g. rome"),
-    prompt: str = typer.Option(..., "--prompt", help="prompt with {} where the subject goes"),
-    subject: str = typer.Option(..., "--subject", help="the subject of the fact"),
-    target: str = typer.Option(..., "--target", help="the new object"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="prompt with {} where the subject goes"),
+    subject: Optional[str] = typer.Option(None, "--subject", help="the subject of the fact"),
+    target: Optional[str] = typer.Option(None, "--target", help="the new object"),
     target_true: Optional[str] = typer.Option(None, "--target-true", help="the current object (optional)"),
+    file: Optional[Path] = typer.Option(None, "--file", help="edit every fact of a JSON / JSONL file (prompt with {}, subject, target_new; optional target_true) instead of one"),
     save: Optional[Path] = typer.Option(None, "--save", help="write the edit to this folder (re-applicable, undoable)"),
     top_k: int = typer.Option(5, "--top-k", min=1, max=100, help="predictions to show (1–100)"),
     rephrase: Optional[List[str]] = typer.Option(None, "--rephrase", help="another name of the subject (repeatable): REP (rome+rep, memit+rep) trains its adaptor on it, beside generated token shuffles and long contexts"),
     model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
-    """Apply one edit and show the top predictions before and after."""
+    """Apply one edit (or every fact of --file) and show the top predictions before and after."""
     from robustedit.editors.settings import get_editor, resolve_editor
     from robustedit.session import setup
     from robustedit.editors import applied
+    from robustedit.progress import detail
     from robustedit.request import EditRequest
 
-    request = EditRequest(prompt, subject, target, target_true)
     if save is not None and save.exists():
         raise UserError(f"{save} already exists; choose another --save folder")
     if save is not None:
         check_output_folder(save, "--save")
+    if file is not None:
+        if any(v is not None for v in (prompt, subject, target, target_true)) or rephrase:
+            raise UserError("--file holds the facts; drop --prompt, --subject, --target, --target-true and --rephrase")
+        return _edit_file(file, editor, save, model, config, set_, seed, device, dtype)
+    missing = [name for name, value in (("--prompt", prompt), ("--subject", subject), ("--target", target)) if value is None]
+    if missing:
+        raise UserError(f"edit needs {', '.join(missing)} (or --file FACTS)")
+    request = EditRequest(prompt, subject, target, target_true)
     cls, econfig = resolve_editor(editor, model, config, set_ or ())
     if rephrase and not cls.wants_in_domain:
         raise UserError(f"--rephrase trains REP's adaptor; {editor} has none (use rome+rep or memit+rep)")
@@ -109,7 +118,8 @@ def edit(
     if before[0][0] == first:
         console.print(f"note: the model already predicts {first!r} here; the edit changes little")
     t0 = time.perf_counter()
-    delta = ed.edit([request])
+    with detail():
+        delta = ed.edit([request])
     seconds = time.perf_counter() - t0
     with applied(lm, delta):
         after = _top_tokens(lm, request.text, top_k)
@@ -127,6 +137,79 @@ def edit(
 
         save_edit(save, lm, delta, [request], ed.settings())
         console.print(f"saved the edit to {save}")
+
+
+def _edit_file(file: Path, editor: str, save: Optional[Path], model: str, config: Optional[str],
+               sets: Optional[List[str]], seed: int, device: str, dtype: str) -> None:
+    """``edit --file``: every fact of the file, in one call (MEMIT) or one after another."""
+    from robustedit.editors.settings import get_editor, resolve_editor
+    from robustedit.progress import detail
+    from robustedit.session import setup
+    from robustedit.use.facts import edit_facts, read_facts
+
+    requests = read_facts(file)
+    cls, _ = resolve_editor(editor, model, config, sets or ())
+    if save is not None and not cls.saves_to_disk:
+        raise UserError(f"{editor} keeps its edits in a memory outside the weights, which cannot be saved; drop --save")
+    lm = setup(model, dtype, device, seed)
+    ed = get_editor(editor, lm, config=config, sets=sets or ())
+    with detail():
+        result = edit_facts(ed, requests)
+    table = Table(title=f"{len(requests)} facts from {file} ({editor}, {lm.name})")
+    for column in ("#", "prompt", "new target", "before", "after", "took"):
+        table.add_column(column)
+    for i, row in enumerate(result.rows(), 1):
+        table.add_row(str(i), row["prompt"], row["target_new"], f"{row['before']!r} {row['before_prob']:.3f}",
+                      f"{row['after']!r} {row['after_prob']:.3f}", "✓" if row["took"] else "✗")
+    console.print(table)
+    how = "in one call" if result.batched else "one after another"
+    console.print(f"{result.n_took} of {len(requests)} facts took; edited {how} in {result.seconds:.1f} s")
+    missed = [row["prompt"] for row in result.rows() if not row["took"]]
+    if missed:
+        console.print(f"[yellow]warning: {len(missed)} fact(s) did not take (the new target is not the top "
+                      f"prediction): {'; '.join(missed[:5])}[/yellow]")
+    try:
+        if save is not None:
+            result.save(save)
+            console.print(f"saved the {len(requests)} facts as one edit to {save}")
+    finally:
+        result.undo()
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., "--prompt", help="text to continue ({} where the subject goes when --editor edits first)"),
+    edit_dirs: Optional[List[Path]] = typer.Option(None, "--edit", help="a saved edit folder to apply (repeatable; applied in order)"),
+    editor: Optional[str] = typer.Option(None, "--editor", help="edit first with this editor (needs --subject and --target)"),
+    subject: Optional[str] = typer.Option(None, "--subject", help="the subject that fills the prompt's {}"),
+    target: Optional[str] = typer.Option(None, "--target", help="with --editor: the new object"),
+    target_true: Optional[str] = typer.Option(None, "--target-true", help="with --editor: the current object (optional)"),
+    chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the model's chat template"),
+    max_new_tokens: int = typer.Option(40, "--max-new-tokens", min=1, max=4096, help="tokens to generate"),
+    sample: bool = typer.Option(False, "--sample", help="sample (seeded by --seed) instead of greedy decoding"),
+    top_k: int = typer.Option(50, "--top-k", min=1, help="with --sample: among the k most likely tokens"),
+    temperature: float = typer.Option(1.0, "--temperature", help="with --sample: logits divided by it"),
+    model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
+    seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
+) -> None:
+    """Continue a prompt with the unedited model and with the edits applied, side by side."""
+    from robustedit.progress import detail
+    from robustedit.use.generate import generate as run_generate
+
+    with detail():
+        out = run_generate(prompt, model=model, edits=edit_dirs or (), editor=editor, subject=subject, target=target,
+                           target_true=target_true, config=config, sets=set_ or (), dtype=dtype, device=device,
+                           seed=seed, chat=chat, max_new_tokens=max_new_tokens, sample=sample, top_k=top_k,
+                           temperature=temperature)
+    what = (f"{out['editor']}: {subject} → {target}" if editor else ", ".join(out["edits"])) or ""
+    table = Table(title=f"{out['text']!r}" + (" (chat)" if chat else ""), show_lines=True)
+    table.add_column("unedited", overflow="fold")
+    if out["edited"] is not None:
+        table.add_column(f"edited ({what})", overflow="fold")
+        table.add_row(out["unedited"], out["edited"])
+    else:
+        table.add_row(out["unedited"])
+    console.print(table)
 
 
 @app.command()

@@ -455,3 +455,29 @@ def test_console_error_is_one_line_without_traceback(tmp_path):
 def test_trace_bad_input(cli, tmp_path, args, fragment):
     assert_user_error(cli("trace", *args, "--out", str(tmp_path / "t")), fragment)
     _nothing_written(tmp_path)
+
+
+# --- generate, edit --file (issue 20): mistakes refused before the model loads ------------------------
+
+
+def test_generate_mistakes_are_one_line_before_loading(cli, tmp_path):
+    assert_user_error(cli("generate", "--prompt", "no braces", "--editor", "rome", "--subject", "S", "--target", "T"),
+                      "{}")
+    assert_user_error(cli("generate", "--prompt", "x", "--edit", tmp_path / "nowhere"), "not a folder")
+    assert_user_error(cli("generate", "--prompt", "The {} is", "--editor", "rome", "--subject", "S"), "target")
+    assert_user_error(cli("generate", "--prompt", "x", "--target", "T"), "editor")
+    assert_user_error(cli("generate", "--prompt", "The {} is", "--editor", "romee", "--subject", "S", "--target", "T",
+                          "--model", "nosuchmodel"), "romee")
+
+
+def test_edit_file_mistakes_are_one_line_before_loading(cli, tmp_path, save_dir):
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text('{"prompt": "The capital of {} is", "subject": "France", "target_new": "Rome"}\n'
+                     '{"prompt": "{} plays", "subject": "Messi"}\n')
+    assert_user_error(cli("edit", "--file", facts, "--save", save_dir), "line 2", "target_new")
+    assert_user_error(cli("edit", "--file", tmp_path / "missing.json"), "missing.json")
+    assert_user_error(cli("edit", "--file", facts, "--prompt", "The {} is"), "--file")
+    assert_user_error(cli("edit", "--prompt", "The {} is", "--subject", "S"), "--target")
+    facts.write_text('{"prompt": "The capital of {} is", "subject": "France", "target_new": "Rome"}\n')
+    assert_user_error(cli("edit", "--file", facts, "--editor", "serac", "--save", save_dir), "cannot be saved")
+    assert not save_dir.exists()

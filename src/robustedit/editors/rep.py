@@ -289,6 +289,7 @@ class ROMEWithREP(_WithREP):
 class MEMITWithREP(_WithREP):
     name = "memit+rep"
     extends = "memit"
+    batch_edits = True
     config_cls = MEMITREPConfig
     base_cls = MEMIT
     base_config_cls = MEMITConfig

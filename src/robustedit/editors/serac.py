@@ -223,6 +223,7 @@ class SERACSystem(nn.Module):
 class SERAC(Editor):
     name = "serac"
     config_cls = SERACConfig
+    saves_to_disk = False  # its edits live in an edit memory beside the weights
     trainer = "robustedit.training.serac:SERACTask"
 
     def __init__(self, lm, config=None) -> None:

@@ -247,7 +247,7 @@ def _optimize_batch(lm: LanguageModel, layer: int, requests: list[EditRequest], 
             loss = nll + kl + decay  # (n,); only active requests' entries are meaningful
             was_active = active.clone()
             bar.update()
-            bar.set_postfix(loss=f"{float(loss[active].mean()):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()[active].mean()):.3f}")
             for r in active.nonzero()[:, 0].tolist():
                 losses[r].append(loss[r].item())
                 nlls[r].append(nll[r].item())
