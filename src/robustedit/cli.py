@@ -213,6 +213,28 @@ def generate(
 
 
 @app.command()
+def export(
+    edit_dirs: List[Path] = typer.Option(..., "--edit", help="a saved edit folder (repeatable; applied in order)"),
+    out: Path = typer.Option(..., "--out", help="the Hugging Face folder to write (must not exist)"),
+    model: str = MODEL, seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
+) -> None:
+    """Write the model with saved edits in its weights as a Hugging Face folder (from_pretrained loads it)."""
+    from robustedit.session import setup
+    from robustedit.use.export import export_edits
+
+    if out.exists():
+        raise UserError(f"{out} already exists; choose another --out")
+    check_output_folder(out)
+    missing = [str(d) for d in edit_dirs if not Path(d).is_dir()]
+    if missing:
+        raise UserError(f"--edit {missing[0]} is not a folder written by `robustedit edit --save`")
+    lm = setup(model, dtype, device, seed)
+    folder = export_edits(lm, list(edit_dirs), out)
+    console.print(f"wrote {folder}: {lm.name} with {len(edit_dirs)} edit(s) in its weights; "
+                  f"load it with AutoModelForCausalLM.from_pretrained({str(folder)!r})")
+
+
+@app.command()
 def evaluate(
     editor: str = typer.Option(..., "--editor", help="editor name, e.g. rome"),
     dataset: str = typer.Option(..., "--dataset", help="bundled name (counterfact, rep-valid, zsre) or a JSON file"),

@@ -481,3 +481,10 @@ def test_edit_file_mistakes_are_one_line_before_loading(cli, tmp_path, save_dir)
     facts.write_text('{"prompt": "The capital of {} is", "subject": "France", "target_new": "Rome"}\n')
     assert_user_error(cli("edit", "--file", facts, "--editor", "serac", "--save", save_dir), "cannot be saved")
     assert not save_dir.exists()
+
+
+def test_export_mistakes_are_one_line_before_loading(cli, tmp_path):
+    (tmp_path / "taken").mkdir()
+    assert_user_error(cli("export", "--edit", tmp_path, "--out", tmp_path / "taken"), "already exists")
+    assert_user_error(cli("export", "--edit", tmp_path / "nowhere", "--out", tmp_path / "hf"), "nowhere")
+    assert not (tmp_path / "hf").exists()

@@ -9,7 +9,7 @@ from robustedit.editors.base import (
            apply_delta,
 )
 from robustedit.editors.settings import build_editor, get_editor, resolve_editor
-from robustedit.editors.store import EditSequence, load_edit, save_edit, undo_saved
+from robustedit.editors.store import EditSequence, load_edit, load_edits, save_edit, undo_saved
 
 __all__ = ["EDITORS", "Delta", "EditSequence", "Editor", "applied", "apply_delta", "build_editor", "get_editor",
-           "load_edit", "resolve_editor", "save_edit", "undo_saved"]
+           "load_edit", "load_edits", "resolve_editor", "save_edit", "undo_saved"]

@@ -78,6 +78,25 @@ def check_finite(delta: Delta, what: str = "the edit") -> None:
 
 
 @torch.no_grad()
+def add_to_weight(weight: torch.Tensor, d: torch.Tensor) -> None:
+    """``weight ← weight + d`` in place, rounded once to ``weight``'s dtype.
+
+    A delta of the weight's own dtype is added as is (what every editor returns). A delta of
+    another dtype (a float32 or float64 delta saved from one model, applied to a bfloat16 / float16
+    copy of it; an exact float64 difference applied to float32) is added in the wider of the two
+    dtypes, at least float32, and the sum is rounded to the weight's dtype: the nearest value the
+    weight can hold. It is then not bit-identical to editing the low-precision model directly (its
+    editor would have computed another delta), only to ``(W.float() + d).to(W.dtype)``.
+    """
+    d = d.to(weight.device)
+    if d.dtype == weight.dtype:
+        weight.add_(d)
+        return
+    wide = torch.promote_types(torch.promote_types(weight.dtype, d.dtype), torch.float32)
+    weight.copy_(weight.to(wide) + d.to(wide))
+
+
+@torch.no_grad()
 def apply_delta(lm: LanguageModel, delta: Delta) -> Backup:
     params = dict(lm.model.named_parameters())
     missing = [n for n in delta.weights if n not in params]
@@ -88,7 +107,7 @@ def apply_delta(lm: LanguageModel, delta: Delta) -> Backup:
     check_finite(delta)
     backup = Backup({n: params[n].detach().clone() for n in delta.weights}, lm.model)
     for name, d in delta.weights.items():
-        params[name].add_(d.to(params[name].dtype))
+        add_to_weight(params[name], d)
     for name, adaptor in delta.adaptors.items():
         install(modules[name], adaptor)
         backup.adaptors.append((name, adaptor))
@@ -117,6 +136,8 @@ class Editor(abc.ABC):
     extends: ClassVar[str | None] = None  # an add-on's base editor ("rome" for "rome+rep"): its shipped settings come first
     trainer: ClassVar[str | None] = None  # "module:Class" of its training task, if `robustedit train` trains it
     wants_in_domain: ClassVar[bool] = False  # evaluation passes each request's in-domain probes (REP trains on them)
+    batch_edits: ClassVar[bool] = False  # edits many facts in one call (MEMIT); others edit them one after another
+    saves_to_disk: ClassVar[bool] = True  # its deltas can be saved (SERAC's edit memory cannot)
 
     def __init__(self, lm: LanguageModel, config: Any | None = None) -> None:
         self.lm = lm
