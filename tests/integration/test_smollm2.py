@@ -26,6 +26,8 @@ def test_tokenizer_and_weights_converted_right(smollm2):
     # transformers 5.5 turned every space into <|endoftext|>; this catches such a regression.
     assert greedy(smollm2, "The capital of France is").startswith(" Paris")
     assert smollm2.n_layers == 30
+    # transformers < 5.18 converted the tokenizer with eos <|im_start|> and no pad token (the pin's floor)
+    assert smollm2.tokenizer.eos_token == "<|im_end|>"
 
 
 def assert_edit_takes_and_spares_neighbours(lm, editor) -> None:
