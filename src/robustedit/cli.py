@@ -251,6 +251,7 @@ def evaluate(
     workers: Optional[int] = typer.Option(None, "--workers", help="shard the cases over N Ray workers, each loading the model once (pip install 'robustedit[ray]')"),
     address: Optional[str] = typer.Option(None, "--address", help="with --workers: an existing Ray cluster (host:port or auto; default: a local Ray started on demand)"),
     worker_threads: int = typer.Option(1, "--worker-threads", help="with --workers: torch threads (and Ray CPUs) per worker"),
+    worker_gpus: float = typer.Option(0.0, "--worker-gpus", help="with --workers and --device cuda: GPUs per worker (Ray's num_gpus; 0.5 shares one GPU between two)"),
     model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
     seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
@@ -261,7 +262,8 @@ def evaluate(
                     dtype=dtype, limit=limit, out=out, resume=resume, robustness=robustness, known_only=known_only,
                     generation=generation, sequential=sequential, batch_size=batch_size,
                     checkpoints=tuple(comma_list(checkpoints, "--checkpoints", int)), save_edits=save_edits,
-                    workers=workers, address=address, worker_threads=worker_threads, command=_command())
+                    workers=workers, address=address, worker_threads=worker_threads, worker_gpus=worker_gpus,
+                    command=_command())
     summary = plan.run(say=console.print)
     out = plan.out
     mode = f", {sequential} sequential edits in calls of {batch_size}" if sequential else ""

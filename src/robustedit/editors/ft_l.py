@@ -11,6 +11,12 @@ not stepped). The delta is the trained weights minus the originals; the model is
 
 With SSS (``editors/sss.py``) the loss of each step is (1 − C)·J + C·λ_max; early stopping still
 looks at J alone (the edit's own loss), since λ_max does not go to zero.
+
+A model in bfloat16 or float16 is trained through float32 master copies of the trained weights
+(mixed precision): an Adam step (at most ~lr = 5e-4) is a few bfloat16 units of a typical weight
+(|w| ≈ 0.03: one unit is 1.2e-4), so taken on the weights themselves every step would be rounded
+and the smaller ones lost; on float32 masters they add up. The model's weights receive the
+rounded masters after each step; a float32 model trains its weights directly, as before.
 """
 
 from __future__ import annotations
@@ -25,9 +31,15 @@ from robustedit.errors import UserError
 from robustedit.request import EditRequest
 
 
+def _full_precision(t: torch.Tensor) -> bool:
+    return t.dtype in (torch.float32, torch.float64)
+
+
 @dataclass(frozen=True)
 class FTLConfig:
-    layers: tuple[int, ...] = field(default=(4,), metadata={"help": "layers whose MLP down-projection is trained"})
+    layers: tuple[int, ...] = field(default=(4,), metadata={
+        "help": "layers whose MLP down-projection is trained (default: ROME's layer from the model's depth, "
+                "editors/settings.py, unless the model's shipped file sets it)"})
     steps: int = field(default=25, metadata={"help": "passes over the requests (EasyEdit: 25)"})
     lr: float = field(default=5e-4, metadata={"help": "Adam learning rate (EasyEdit: 5e-4)"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
@@ -70,6 +82,9 @@ class FTL(Editor):
         names = [lm.down_proj_weight_name(layer) for layer in cfg.layers]
         weights = [params[n] for n in names]
         originals = [w.detach().clone() for w in weights]
+        # What Adam steps: the weights themselves in float32/64, float32 masters of lower precision.
+        masters = [w if _full_precision(w) else w.detach().float().clone() for w in weights]
+        bounds = [w0 if _full_precision(w0) else w0.float() for w0 in originals]
         flags = {n: p.requires_grad for n, p in params.items()}
         batches = [requests[i: i + cfg.batch_size] for i in range(0, len(requests), cfg.batch_size)]
         with sw("prepare"):
@@ -78,7 +93,7 @@ class FTL(Editor):
         try:
             for n, p in params.items():
                 p.requires_grad_(n in names)
-            opt = torch.optim.Adam(weights, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            opt = torch.optim.Adam(masters, lr=cfg.lr, weight_decay=cfg.weight_decay)
             with sw("train"), torch.enable_grad():
                 for _ in range(cfg.steps):
                     pass_losses = []
@@ -90,15 +105,22 @@ class FTL(Editor):
                         if pass_losses[-1] >= cfg.early_stop_loss:
                             opt.zero_grad()
                             combined_loss(J, lam, sss).backward()
+                            for w, m in zip(weights, masters):
+                                if m is not w:  # the gradient goes to the float32 master
+                                    m.grad, w.grad = w.grad.float(), None
                             opt.step()
-                            if cfg.norm_constraint > 0:
-                                with torch.no_grad():
-                                    for w, w0 in zip(weights, originals):
-                                        w.copy_(torch.clamp(w, w0 - cfg.norm_constraint, w0 + cfg.norm_constraint))
+                            with torch.no_grad():
+                                for w, m, w0 in zip(weights, masters, bounds):
+                                    if cfg.norm_constraint > 0:
+                                        m.copy_(torch.clamp(m, w0 - cfg.norm_constraint, w0 + cfg.norm_constraint))
+                                    if m is not w:
+                                        w.copy_(m)  # rounded to the model's dtype
                     losses.append(sum(pass_losses) / len(pass_losses))
                     if losses[-1] < cfg.early_stop_loss:
                         break
-            deltas = {n: (w.detach() - w0) for n, w, w0 in zip(names, weights, originals)}
+            # The change the model's weights received, in their dtype (exact in float32/64).
+            deltas = {n: (w.detach() - w0) if _full_precision(w) else (w.detach().float() - w0.float()).to(w.dtype)
+                      for n, w, w0 in zip(names, weights, originals)}
         finally:
             with torch.no_grad():
                 for w, w0 in zip(weights, originals):

@@ -72,6 +72,7 @@ from robustedit.editors.nullspace import (
     alphaedit_update,
     fit_error,
 )
+from robustedit.editors.rome import solve_dtype
 from robustedit.editors.values import ValueConfig, optimize_values, site_module
 from robustedit.errors import UserError
 from robustedit.request import EditRequest
@@ -83,10 +84,14 @@ class MEMITConfig:
     """MEMIT's hyperparameters. Defaults follow the reference GPT-J file
     (``hparams/MEMIT/EleutherAI_gpt-j-6B.json``: layers 3–8, λ = 15000). A model's own file in
     ``resources/configs/memit/<model>.yaml`` overrides them; SmolLM2's (layers 2–6, λ = 600) was
-    measured with ``benchmarks/memit_sweep.py``: the reference λ leaves efficacy at 0.34 there."""
+    measured with ``benchmarks/memit_sweep.py``: the reference λ leaves efficacy at 0.34 there.
+    Without such a file ``get_editor`` takes the layers from the model's depth
+    (``editors/settings.py``: 4–8 on a 28- or 32-layer model); these defaults apply only when the
+    depth is unknown."""
 
     layers: tuple[int, ...] = field(default=(3, 4, 5, 6, 7, 8), metadata={
-        "help": "edited layers, strictly increasing; δ is optimised at the last"})
+        "help": "edited layers, strictly increasing; δ is optimised at the last; default: from the model's "
+                "depth (editors/settings.py) unless the model's shipped file sets them"})
     v_num_grad_steps: int = field(default=25, metadata={"help": "Adam steps for each δᵢ"})
     v_lr: float = field(default=0.5, metadata={"help": "Adam learning rate for δᵢ"})
     v_weight_decay: float = field(default=0.5, metadata={"help": "weight of ‖δ‖/‖h₀‖² in the loss"})
@@ -138,9 +143,12 @@ def memit_update(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, mom2_update_
     The minimiser of ‖ΔW K − R‖² + ‖ΔW K_p‖² + λ tr(ΔW C ΔWᵀ), solved in float64 (C symmetric).
     """
     K64, R64 = K.to(torch.float64), R.to(torch.float64)
-    A = mom2_update_weight * C.to(torch.float64) + K64 @ K64.T  # (d_in, d_in), symmetric
+    # C may wait on the CPU while the keys are on an accelerator: the solve runs where the keys are.
+    # In place (the same values as λC + KKᵀ): two d_in² float64 matrices at a time, not four.
+    A = C.to(device=K64.device, dtype=torch.float64, copy=True).mul_(mom2_update_weight)  # (d_in, d_in), symmetric
+    A.add_(K64 @ K64.T)
     if preserved is not None:
-        A = A + preserved.to(device=A.device, dtype=torch.float64)
+        A.add_(preserved.to(device=A.device, dtype=torch.float64))
     adj_k = torch.linalg.solve(A, K64)  # (d_in, n) = A⁻¹K
     return R64 @ adj_k.T
 
@@ -148,6 +156,7 @@ def memit_update(K: torch.Tensor, R: torch.Tensor, C: torch.Tensor, mom2_update_
 @register_editor
 class MEMIT(Editor):
     name = "memit"
+    batch_edits = True
     config_cls = MEMITConfig
 
     def __init__(self, lm, config=None) -> None:
@@ -212,7 +221,8 @@ class MEMIT(Editor):
         sizes = [len(g) for g in self.context_groups()]
         contexts = self.context_templates()
         filled = [(c.format(r.prompt), r.subject) for r in requests for c in contexts]
-        keys = at_subjects(self.lm, self.lm.down_proj(layer), filled, output=False)  # (n·N, d_in)
+        # float32 before averaging, whatever the model's dtype (the solve itself is float64)
+        keys = at_subjects(self.lm, self.lm.down_proj(layer), filled, output=False).to(solve_dtype(self.lm.dtype))  # (n·N, d_in)
         return torch.stack([group_mean(k, sizes) for k in keys.split(len(contexts))], dim=1)
 
     def current_hidden(self, requests: list[EditRequest]) -> torch.Tensor:

@@ -11,6 +11,11 @@ context-averaged k* used for u; Gupta et al. 2024 ("Rebuilding ROME", r-ROME) sh
 causes model collapse and fix it by using k* in both. ``update_key="averaged"`` (default) is the
 fix; ``update_key="prompt"`` reproduces the reference behaviour.
 
+Precision: whatever the model's dtype, the keys are averaged in float32, W k is recomputed in
+float32 (``layer_output``), the update is solved in float64 (``rank_one_update``) and only the final
+ΔW is cast to the weight's dtype, so a bfloat16 model gets the update its float32 copy would, rounded
+once.
+
 Several requests are edited one after another, each on the model already carrying the previous
 ones (as the reference ``apply_rome_to_model``); the returned delta is their sum.
 
@@ -50,7 +55,9 @@ from robustedit.stats.covariance import StatsConfig, second_moment
 
 @dataclass(frozen=True)
 class ROMEConfig:
-    layer: int = field(default=4, metadata={"help": "edited layer (its MLP down-projection)"})
+    layer: int = field(default=4, metadata={
+        "help": "edited layer (its MLP down-projection); default: from the model's depth (editors/settings.py) "
+                "unless the model's shipped file sets it"})
     v_num_grad_steps: int = field(default=25, metadata={"help": "Adam steps for the value δ"})
     v_lr: float = field(default=0.5, metadata={"help": "Adam learning rate for δ"})
     v_weight_decay: float = field(default=1e-3, metadata={"help": "weight of ‖δ‖/‖v₀‖² in the loss"})
@@ -80,6 +87,23 @@ class ROMEConfig:
                            self.kl_factor, self.early_stop_loss, tuple(self.kl_prompts))
 
 
+def solve_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where a layer's output is recomputed for an update: the weight's own dtype in float32/64,
+    float32 for a bfloat16 / float16 model (the update itself is solved in float64)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def layer_output(module: torch.nn.Module, k: torch.Tensor) -> torch.Tensor:
+    """``module(k)`` for one key k ``(d_in,)`` in :func:`solve_dtype` of its weight: a float32 model
+    runs its own module; a bfloat16 / float16 one a float32 copy of this one layer's weights (exact:
+    every bfloat16 / float16 value is a float32), so the residual v* − W k is not rounded to 8 bits."""
+    dtype = solve_dtype(module.weight.dtype)
+    if dtype == module.weight.dtype:
+        return module(k[None].to(dtype))[0]
+    params = {n: p.to(dtype) for n, p in module.named_parameters(recurse=False)}
+    return torch.func.functional_call(module, params, (k[None].to(dtype),))[0]
+
+
 def rank_one_update(W_apply, C: torch.Tensor | None, k_star: torch.Tensor, k_update: torch.Tensor, v_star: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The factors (Λ (d_out,), u (d_in,)) of ΔW = Λ uᵀ, solved in float64.
 
@@ -87,7 +111,8 @@ def rank_one_update(W_apply, C: torch.Tensor | None, k_star: torch.Tensor, k_upd
     Λ = (v* − W k_update)/(uᵀ k_update), so that (W + Λuᵀ) k_update = v*. ``C=None`` means C = I.
     """
     k64 = k_star.to(torch.float64)
-    u = k64 if C is None else torch.linalg.solve(C.to(torch.float64), k64)  # (d_in,)
+    # C may wait on the CPU while the keys are on an accelerator: the solve runs where the keys are.
+    u = k64 if C is None else torch.linalg.solve(C.to(device=k64.device, dtype=torch.float64), k64)  # (d_in,)
     u = u / u.norm()
     residual = v_star.to(torch.float64) - W_apply(k_update).to(torch.float64)  # (d_out,)
     lam = residual / torch.dot(u, k_update.to(torch.float64))
@@ -169,7 +194,7 @@ class ROME(Editor):
             basis = self.null_basis() if cfg.nullspace.enabled else None
         with sw("key"):
             templates = [c.format(request.prompt) for c in contexts]
-            keys = subject_keys(lm, cfg.layer, templates, request.subject)  # (N, d_in)
+            keys = subject_keys(lm, cfg.layer, templates, request.subject).to(solve_dtype(lm.dtype))  # (N, d_in)
             k_star = keys.mean(0)
             k_update = k_star if cfg.update_key == "averaged" else keys[0]  # contexts[0] is "{}"
         with sw("value"):
@@ -177,11 +202,11 @@ class ROME(Editor):
         extra: dict = {}
         with sw("update"), torch.no_grad():
             if basis is None:
-                lam, u = rank_one_update(lambda k: module(k[None].to(lm.dtype))[0], C, k_star, k_update, value.target)
+                lam, u = rank_one_update(lambda k: layer_output(module, k), C, k_star, k_update, value.target)
                 dW = lm.spec.stored(torch.outer(lam, u))
             else:
                 K = k_update[:, None]  # (d_in, 1)
-                R = (value.target.double() - module(k_update[None].to(lm.dtype))[0].double())[:, None]  # (d_out, 1)
+                R = (value.target.double() - layer_output(module, k_update).double())[:, None]  # (d_out, 1)
                 preserved = with_keys(self._null.preserved(cfg.layer), earlier)
                 upd = alphaedit_update(K, R, basis, preserved, cfg.nullspace.l2)  # (d_out, d_in)
                 dW = lm.spec.stored(upd)

@@ -64,6 +64,16 @@ def lost_worker_errors(ray) -> tuple[type[BaseException], ...]:
     return (x.RayActorError, x.WorkerCrashedError, x.NodeDiedError, x.ObjectLostError, x.OutOfMemoryError)
 
 
+def check_worker_gpus(worker_gpus: float) -> float:
+    """GPUs per worker as Ray accepts them: 0, a fraction of one GPU (workers share it), or a whole
+    number (Ray refuses 1.5)."""
+    if not worker_gpus >= 0:
+        raise UserError(f"--worker-gpus must be at least 0, not {worker_gpus:g}")
+    if worker_gpus > 1 and worker_gpus != int(worker_gpus):
+        raise UserError(f"--worker-gpus above 1 must be a whole number of GPUs, not {worker_gpus:g}")
+    return worker_gpus
+
+
 def chunked(cases: list[Case], size: int) -> list[list[Case]]:
     return [cases[i:i + size] for i in range(0, len(cases), size)]
 
@@ -111,19 +121,22 @@ class RayEvaluator:
     ``address=None`` uses the Ray already initialised in this process, else starts a local one
     (shut down again by `close`); ``"host:port"`` or ``"auto"`` connects to a running cluster
     (every node must see the model and, to share statistics, the cache directory). Each worker
-    reserves ``threads`` CPUs and runs torch on that many threads. Cases go out in chunks of
-    ``chunk_size``, one chunk per worker at a time: a chunk takes seconds, the round trip
-    milliseconds, so a second queued chunk would hide nothing and only unbalance the tail. A
-    chunk whose worker is lost is evaluated again, at most ``max_retries`` times.
+    reserves ``threads`` CPUs and runs torch on that many threads, and ``worker_gpus`` GPUs (Ray's
+    ``num_gpus``: a fraction puts several workers on one GPU; Ray sets each worker's
+    ``CUDA_VISIBLE_DEVICES``, so the spec's ``device="cuda"`` is the worker's own GPU). Cases go
+    out in chunks of ``chunk_size``, one chunk per worker at a time: a chunk takes seconds, the
+    round trip milliseconds, so a second queued chunk would hide nothing and only unbalance the
+    tail. A chunk whose worker is lost is evaluated again, at most ``max_retries`` times.
 
     Use it as a context manager (or call `close`); `records` also closes when it ends, fails or is
     interrupted, so no actor outlives the run.
     """
 
     def __init__(self, spec: EditorSpec, options: EvalOptions, workers: int, address: str | None = None,
-                 threads: int = 1, chunk_size: int = 1, max_retries: int = 3):
+                 threads: int = 1, chunk_size: int = 1, max_retries: int = 3, worker_gpus: float = 0):
         if workers < 1 or threads < 1 or chunk_size < 1 or max_retries < 0:
             raise UserError("workers, threads and chunk size must be at least 1, max retries at least 0")
+        self.worker_gpus = check_worker_gpus(worker_gpus)
         self._ray = import_ray()
         self.spec, self.options, self.workers, self.address = spec, options, workers, address
         self.threads, self.chunk_size, self.max_retries = threads, chunk_size, max_retries
@@ -175,6 +188,20 @@ class RayEvaluator:
         if cpus < self.workers * self.threads:
             log.warning("the Ray cluster has %g CPUs: %d workers × %d threads will wait for more",
                         cpus, self.workers, self.threads)
+        self._check_gpus(ray.cluster_resources().get("GPU", 0))
+
+    def _check_gpus(self, gpus: float) -> None:
+        """Workers that ask for more GPUs than the cluster has would wait for ever (their start is
+        awaited): refused on a Ray this evaluator started, whose GPUs are all it will ever have; a
+        warning on a cluster, which may add nodes."""
+        needed = self.workers * self.worker_gpus
+        if gpus >= needed:
+            return
+        message = (f"{self.workers} workers × {self.worker_gpus:g} GPUs need {needed:g} GPUs; "
+                   f"the Ray cluster has {gpus:g}")
+        if self._started_ray:
+            raise UserError(message + " (fewer --workers, a fraction per worker, or a cluster with more GPUs)")
+        log.warning("%s: the workers will wait for more", message)
 
     def _init_ray(self) -> None:
         """Start a local Ray sized for the workers, or connect to ``address``; quietly (Ray's own
@@ -190,9 +217,10 @@ class RayEvaluator:
             raise UserError(f"could not connect to the Ray cluster at {self.address!r}: {first}") from None
 
     def _spawn(self) -> _Worker:
+        gpus = {"num_gpus": self.worker_gpus} if self.worker_gpus else {}
         remote = self._ray.remote(EvalWorker).options(
             num_cpus=self.threads, max_restarts=0, max_task_retries=0,
-            runtime_env={"env_vars": worker_env()})
+            runtime_env={"env_vars": worker_env()}, **gpus)
         worker = _Worker(remote.remote(self.spec, self.options, self.threads))
         self._pool.append(worker)
         return worker

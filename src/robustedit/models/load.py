@@ -1,11 +1,29 @@
-"""Load a causal LM by name (embedded), local Hugging Face directory, or hub id."""
+"""Load a causal LM by name (embedded), local Hugging Face directory, or hub id.
+
+Weights go straight to the requested device and dtype: transformers builds the model on the meta
+device and fills it from the (memory-mapped) safetensors files, already cast; on an accelerator
+``device_map`` places every tensor there as it is read, so a 7B model never has a full float32 or
+CPU copy (docs/gpu.md).
+
+The fingerprint names the weights (it keys cached statistics, trained editors and saved edits).
+For an embedded model it is the GGUF file's SHA-256; for a model from a folder it is the hash of
+every loaded weight (:func:`weights_fingerprint`), computed on the first load only and then read
+back from ``<cache>/fingerprints``, keyed by the folder and the (name, size, mtime) of its weight
+files and the dtype (:func:`cached_fingerprint`): a second load of a 7B model reads no weight
+byte for it, and the value stays the one earlier versions computed at every load, so nothing
+cached under it goes stale.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -13,6 +31,7 @@ from torch import nn
 from robustedit.errors import UserError
 from robustedit.models.embedded import EMBEDDED, ensure_embedded
 from robustedit.models.specs import ArchSpec, spec_for
+from robustedit.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +105,77 @@ class LanguageModel:
 
 
 def weights_fingerprint(model: nn.Module) -> str:
-    """BLAKE2 hash of every parameter's name, dtype, shape and bytes (~1 s for 135M floats)."""
+    """BLAKE2 hash of every parameter's name, dtype, shape and bytes (~1 s for 135M floats; one
+    tensor at a time is copied to the CPU, so a model on an accelerator needs no second copy)."""
     h = hashlib.blake2b(digest_size=16)
     for name, p in model.state_dict().items():
         t = p.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(memoryview(t.view(torch.uint8).numpy()) if t.numel() else b"")
     return h.hexdigest()
+
+
+FINGERPRINT_VERSION = 1  # of the cache entry's key below; the fingerprint's value never changes with it
+# Files whose bytes become the weights (or say how): a change to any of them is another model.
+WEIGHT_FILE_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json",
+                        "*.pt", "*.pth")
+
+
+def weight_files_key(folder: Path, dtype: str) -> dict | None:
+    """What the weights loaded from ``folder`` in ``dtype`` depend on, without reading them: the
+    folder, each weight file's name, size and modification time (symlinks followed, as in the Hugging
+    Face cache), the dtype. None if the folder holds no weight file."""
+    folder = Path(folder).resolve()
+    names = sorted({p.name for pattern in WEIGHT_FILE_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+    files = []
+    for name in names:
+        st = (folder / name).stat()  # follows a symlink to its blob
+        files.append([name, st.st_size, st.st_mtime_ns])
+    if not any(n != "config.json" for n, _, _ in files):
+        return None
+    return {"version": FINGERPRINT_VERSION, "folder": str(folder), "files": files, "dtype": dtype}
+
+
+def cached_fingerprint(folder: Path | None, dtype: str, compute: Callable[[], str]) -> str:
+    """``compute()`` (the weights' hash), computed once per (folder, weight files, dtype) and read
+    back from ``<cache>/fingerprints`` afterwards. A weight file rewritten in place gets another size
+    or modification time, so a stale entry is never read; an unwritable cache only costs the hash.
+    """
+    key = weight_files_key(folder, dtype) if folder is not None else None
+    if key is None:
+        return compute()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    path = cache_root() / "fingerprints" / f"{digest}.json"
+    try:
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key and isinstance(stored.get("fingerprint"), str):
+            return stored["fingerprint"]
+    except (OSError, ValueError, AttributeError):
+        pass  # absent or unreadable: computed again and rewritten below
+    value = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # workers may write the same entry at once
+        with os.fdopen(fd, "w") as f:
+            json.dump({"key": key, "fingerprint": value}, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not cache the model fingerprint in %s (%s); it is computed again at each load", path, e)
+    return value
+
+
+def weights_folder(source: str | Path) -> Path | None:
+    """The local folder the weights of ``source`` (a folder or a hub id) were read from, if known
+    (a hub id's snapshot in the Hugging Face cache, found without the network)."""
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(str(source), "config.json")
+    except Exception:  # not a valid repo id, no cache: the weights are hashed instead
+        return None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def wrap(model: nn.Module, tokenizer, name: str, fingerprint: str | None = None) -> LanguageModel:
@@ -129,14 +212,19 @@ def load_model(name_or_path: str = "smollm2", *, dtype: str = "float32", device:
             f"unknown model {name_or_path!r}: use an embedded name ({', '.join(EMBEDDED.names())}), "
             "a local Hugging Face directory, or a hub id like 'owner/name'"
         )
+    # On an accelerator every weight is placed there as it is read (accelerate is a dependency);
+    # on the CPU the memory-mapped files are read into the model's tensors, already cast.
+    placement = {} if device == "cpu" else {"device_map": {"": device}}
     try:
         tok = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **placement)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"could not load model {name_or_path!r}: {first}") from None
-    model.to(device)
-    fingerprint = None
+    model.to(device)  # a no-op where device_map placed it
     if name_or_path in EMBEDDED:  # the GGUF hash already names these weights exactly
         fingerprint = f"{name_or_path}:{EMBEDDED.get(name_or_path).sha256[:32]}:{dtype}"
+    else:
+        fingerprint = cached_fingerprint(weights_folder(source), str(torch_dtype).removeprefix("torch."),
+                                         lambda: weights_fingerprint(model))
     return wrap(model, tok, name_or_path, fingerprint)

@@ -59,8 +59,9 @@ def compute_second_moments(lm: LanguageModel, layers: list[int], cfg: StatsConfi
     """E[k kᵀ] at each layer's down-projection input over the corpus, ``{layer: (d_in, d_in)}`` float64.
 
     One pass over the corpus serves every layer; the pass stops once the deepest layer's keys are
-    captured. Per batch the outer products are summed in the model's dtype (a single GEMM) and
-    accumulated in float64.
+    captured. Per batch the outer products are summed in float32 (a single GEMM, whatever the model's
+    dtype) and accumulated in float64, in place (memory: d_in² × 8 bytes per layer plus one
+    d_in² × 4 float32 product; benchmarks/gpu_memory.py).
     """
     layers = sorted({lm.check_layer(i) for i in layers})
     windows = token_windows(lm.tokenizer, cfg.corpus, cfg.n_tokens, cfg.seq_len)
@@ -89,8 +90,12 @@ def compute_second_moments(lm: LanguageModel, layers: list[int], cfg: StatsConfi
                 pass
             for layer, k in batch_keys.items():
                 k = k.reshape(-1, k.shape[-1]).float()  # (B*T, d_in); bf16 products would lose C
-                outer = (k.T @ k).to(torch.float64)
-                sums[layer] = outer if layer not in sums else sums[layer] + outer
+                outer = k.T @ k  # float32, summed over B*T tokens
+                if layer in sums:  # added into the float64 sum in place: the same values as converting
+                    sums[layer].add_(outer)  # first, without two more d_in² float64 temporaries
+                else:
+                    sums[layer] = outer.to(torch.float64)
+            batch_keys.clear()  # not held through the next batch's forward pass
             count += ids.numel()
     finally:
         for h in reversed(hooks):
