@@ -127,6 +127,11 @@ def edit(
     if after[0][0] != first:  # an edit that did not take must not read like a success
         console.print(f"[yellow]warning: the edit did not take: the top prediction is {after[0][0]!r}, "
                       f"not the new target's first token {first!r}[/yellow]")
+    conv = delta.info.get("convergence")
+    for c in [conv] if isinstance(conv, dict) else (conv or []):
+        if not c["converged"]:
+            console.print(f"[yellow]warning: the optimisation did not converge: final loss {c['final_loss']:.3f}, "
+                          f"P(new target) {c['target_prob']:.2f} per token[/yellow]")
     for layer, fit in delta.info.get("rep", {}).items():
         kinds = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in fit.get("kinds", {}).items())
         console.print(f"REP adaptor at layer {layer}: trained on {fit['n_keys']} subject keys ({kinds}); "

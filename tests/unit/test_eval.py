@@ -135,3 +135,20 @@ def test_runner_scores_robustness_probes_before_and_after_the_edit(tiny_lm_facto
     plain = run_evaluation(editor, [case], tmp_path / "plain", RunInfo("rome", "tiny", "hand-made", SETTINGS),
                            show_progress=False)
     assert not any(k.startswith(("rephrase_subject", "shuffle", "long")) for k in plain["metrics"])
+
+
+def test_the_summary_counts_edits_whose_optimisation_did_not_converge():
+    from robustedit.eval.runner import RunInfo, summarize
+
+    def record(converged):
+        return {"metrics": {"efficacy_top1": 1.0}, "timing": {}, "pre": {},
+                "edit": {"convergence": {"final_loss": 0.1, "target_prob": 0.9 if converged else 0.2,
+                                         "converged": converged}}}
+
+    batch = {"metrics": {}, "timing": {}, "pre": {},
+             "edit": {"convergence": [{"converged": False}, {"converged": True}]}}  # MEMIT: one per request
+    summary = summarize([record(True), record(False), batch], RunInfo("rome", "m", "d", {}))
+    assert summary["edits_not_converged"] == 2
+    assert summary["environment"]["robustedit"] and "torch" in summary["environment"]
+    assert "edits_not_converged" not in summarize([{"metrics": {}, "timing": {}, "pre": {}, "edit": {}}],
+                                                  RunInfo("mend", "m", "d", {}))

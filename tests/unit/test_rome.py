@@ -230,3 +230,10 @@ def test_no_requests_is_an_error(tiny_lm_factory):
     editor = get_editor("rome", tiny_lm_factory("llama"), **CONFIG)
     with pytest.raises(ValueError):
         editor.edit([])
+
+
+def test_rome_records_whether_its_value_optimisation_converged(tiny_lm_factory):
+    lm = tiny_lm_factory("llama")
+    c = get_editor("rome", lm, **CONFIG).edit([REQUEST]).info["convergence"]
+    assert set(c) == {"final_loss", "target_prob", "converged"}
+    assert 0.0 <= c["target_prob"] <= 1.0 and c["converged"] == (c["target_prob"] >= 0.5)

@@ -27,6 +27,7 @@ import torch
 
 from robustedit.editors.base import Delta, Editor, Stopwatch, register_editor
 from robustedit.editors.sss import SSSConfig, combined_loss, edit_loss_and_sss, teacher_forced
+from robustedit.editors.values import convergence
 from robustedit.errors import UserError
 from robustedit.request import EditRequest
 
@@ -129,7 +130,9 @@ class FTL(Editor):
                 p.requires_grad_(flags[n])
                 p.grad = None
         info = {"editor": self.name, "layers": list(cfg.layers), "passes": len(losses), "losses": losses,
-                "delta_max": max(float(d.abs().max()) for d in deltas.values()), "timing": sw.times}
+                "delta_max": max(float(d.abs().max()) for d in deltas.values()), "timing": sw.times,
+                # the edit loss J of the last pass, measured before its steps: a cautious estimate
+                "convergence": convergence(losses[-1], losses[-1])}
         if sss_values:
             info["sss"] = {"first": sss_values[0], "last": sss_values[-1]}
         return Delta(deltas, info)

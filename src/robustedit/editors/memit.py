@@ -75,6 +75,7 @@ from robustedit.editors.nullspace import (
 from robustedit.editors.rome import solve_dtype
 from robustedit.editors.values import ValueConfig, optimize_values, site_module
 from robustedit.errors import UserError
+from robustedit.progress import detail_bar
 from robustedit.request import EditRequest
 from robustedit.stats.covariance import StatsConfig, second_moments
 
@@ -212,7 +213,8 @@ class MEMIT(Editor):
         for value in values:
             zs.append(value.target)
             infos.append({"value_steps": value.steps, "value_loss": value.losses[-1],
-                          "delta_norm": float(value.delta.norm()), "h0_norm": float(value.target_init.norm())})
+                          "delta_norm": float(value.delta.norm()), "h0_norm": float(value.target_init.norm()),
+                          "convergence": value.convergence()})
         return torch.stack(zs), infos
 
     def layer_keys(self, layer: int, requests: list[EditRequest]) -> torch.Tensor:
@@ -246,8 +248,10 @@ class MEMIT(Editor):
         z_error: list[float] = []
         null_info: dict[str, list] = {"rank": [], "fit_error": [], "preserved_keys": []}
         backups = []
+        bar = detail_bar(len(cfg.layers), f"MEMIT: spreading {len(requests)} edit(s) over layers")
         try:
             for i, layer in enumerate(cfg.layers):
+                bar.update()
                 with sw("key"):
                     K = self.layer_keys(layer, requests)  # (d_in, n)
                     H = self.current_hidden(requests)  # (n, d)
@@ -272,6 +276,7 @@ class MEMIT(Editor):
                 keys[name] = K
                 backups.append(apply_delta(lm, Delta({name: dW})))
         finally:
+            bar.close()
             for backup in reversed(backups):
                 backup.restore()
         info = {
@@ -281,6 +286,7 @@ class MEMIT(Editor):
             "n_requests": len(requests),
             "z_error": z_error,  # mean ‖z − h_L‖ before each layer's update
             "requests": value_infos,
+            "convergence": [v["convergence"] for v in value_infos],  # one per request
             "timing": sw.times,
         }
         if bases is not None:

@@ -217,6 +217,7 @@ class ROME(Editor):
             "layer": cfg.layer,
             "value_steps": value.steps,
             "value_loss": value.losses[-1],
+            "convergence": value.convergence(),
             "delta_norm": float(value.delta.norm()),
             "v0_norm": float(value.target_init.norm()),
             "v_star_norm": float(value.target.norm()),

@@ -73,6 +73,13 @@ class ValueConfig:
 CONVERGED_PROB = 0.5
 
 
+def convergence(final_loss: float, target_nll: float) -> dict:
+    """What an edit's records say about its optimisation: the final loss, P(new target) per token
+    (``exp(-NLL)``) and whether it reached ``CONVERGED_PROB``."""
+    prob = math.exp(-target_nll) if math.isfinite(target_nll) else float("nan")
+    return {"final_loss": final_loss, "target_prob": prob, "converged": prob >= CONVERGED_PROB}
+
+
 @dataclass
 class ValueResult:
     target: torch.Tensor  # v* (d_out,); z for site="layer_out"
@@ -91,9 +98,8 @@ class ValueResult:
         return math.exp(-self.nlls[-1]) if self.nlls else float("nan")
 
     def convergence(self) -> dict:
-        """What an edit's records say about its optimisation: final loss, target probability, converged."""
-        return {"final_loss": self.losses[-1] if self.losses else float("nan"), "target_prob": self.target_prob,
-                "converged": self.target_prob >= CONVERGED_PROB}
+        """:func:`convergence` at v*."""
+        return convergence(self.losses[-1] if self.losses else float("nan"), self.nlls[-1] if self.nlls else float("nan"))
 
 
 @dataclass
