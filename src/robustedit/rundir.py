@@ -73,14 +73,22 @@ def differences(recorded: dict, now: dict) -> list[str]:
             for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 
-def check_same_run(folder: Path, settings: dict, *, resume: bool) -> None:
-    """Record ``settings`` for a new run; on a resume, refuse settings other than the recorded ones.
+def run_differences(folder: Path, settings: dict) -> list[str] | None:
+    """How ``settings`` differ from those ``folder``'s records were made with (None: none recorded).
     Settings recorded as None (e.g. a fingerprint the caller could not know) are not compared."""
     path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    both = {k for k in recorded.keys() & settings.keys() if recorded[k] is not None and settings[k] is not None}
+    return differences({k: recorded[k] for k in both}, {k: settings[k] for k in both})
+
+
+def check_same_run(folder: Path, settings: dict, *, resume: bool) -> None:
+    """Record ``settings`` for a new run; on a resume, refuse settings other than the recorded ones."""
+    path = Path(folder) / MANIFEST
     if resume and path.is_file():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        both = {k for k in recorded.keys() & settings.keys() if recorded[k] is not None and settings[k] is not None}
-        diff = differences({k: recorded[k] for k in both}, {k: settings[k] for k in both})
+        diff = run_differences(folder, settings)
         if diff:
             shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
             raise UserError(f"--resume of {folder} with other settings than its records were made with ({shown}); "

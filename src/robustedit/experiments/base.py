@@ -99,13 +99,20 @@ def finished(folder: Path, leftovers: tuple[str, ...] = ("records.jsonl",),
 
 def evaluate_variant(lm, editor: str, sets: list[str], dataset: str, cases, folder: Path, options: Options,
                      accept: Callable[[dict], bool] = lambda summary: True) -> dict:
-    """Evaluate ``editor`` (with ``sets``) case by case into ``folder``, unless it finished there already."""
+    """Evaluate ``editor`` (with ``sets``) case by case into ``folder``, unless it finished there
+    already; a run cut short with the same settings continues where it stopped (others start over)."""
     from robustedit.editors.settings import get_editor
     from robustedit.eval.runner import RunInfo, run_evaluation
+    from robustedit.rundir import run_differences
 
-    done = finished(folder, accept=accept)
+    done = finished(folder, leftovers=(), accept=accept)
     if done is not None:
         return done
     ed = get_editor(editor, lm, sets=sets)
-    info = RunInfo(editor, lm.name, dataset, ed.settings(), seed=options.seed, command=options.command)
-    return run_evaluation(ed, cases, folder, info)
+    info = RunInfo(editor, lm.name, dataset, ed.settings(), seed=options.seed, command=options.command,
+                   fingerprint=lm.fingerprint)
+    records = folder / "records.jsonl"
+    resume = records.exists() and not (folder / "summary.json").exists() and run_differences(folder, info.settings()) == []
+    if not resume:
+        records.unlink(missing_ok=True)
+    return run_evaluation(ed, cases, folder, info, resume=resume)
