@@ -14,14 +14,21 @@ def _lines(folder):
     return [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
 
 
+def _cut_short_after_one_case(lm, cases, folder):
+    """Evaluate the first case, then drop the summary: a run killed after one case. Returns its record."""
+    evaluate_variant(lm, "rome", SETS, "counterfact", cases[:1], folder, Options())
+    (folder / "summary.json").unlink()
+    return _lines(folder)[0]
+
+
+SETS = [f"{k}={json.dumps(v)}" for k, v in SETTINGS.items()]
+
+
 def test_a_variant_cut_short_continues_and_a_finished_one_is_read_back(tiny_lm_factory, tmp_path):
     lm = tiny_lm_factory("llama")
-    cases = load_cases("counterfact", limit=3)
-    sets = [f"{k}={json.dumps(v)}" for k, v in SETTINGS.items()]
+    cases, sets = load_cases("counterfact", limit=3), SETS
     folder, options = tmp_path / "rome", Options()
-    evaluate_variant(lm, "rome", sets, "counterfact", cases[:1], folder, options)
-    (folder / "summary.json").unlink()  # as if killed after the first case
-    first = _lines(folder)[0]
+    first = _cut_short_after_one_case(lm, cases, folder)
     summary = evaluate_variant(lm, "rome", sets, "counterfact", cases, folder, options)
     lines = _lines(folder)
     assert summary["n_cases"] == 3 and [r["case_id"] for r in lines] == [c.case_id for c in cases]
@@ -32,12 +39,8 @@ def test_a_variant_cut_short_continues_and_a_finished_one_is_read_back(tiny_lm_f
 
 def test_a_cut_short_variant_with_other_settings_starts_over(tiny_lm_factory, tmp_path):
     lm = tiny_lm_factory("llama")
-    cases = load_cases("counterfact", limit=2)
-    sets = [f"{k}={json.dumps(v)}" for k, v in SETTINGS.items()]
-    folder, options = tmp_path / "rome", Options()
-    evaluate_variant(lm, "rome", sets, "counterfact", cases[:1], folder, options)
-    (folder / "summary.json").unlink()
-    first = _lines(folder)[0]
-    evaluate_variant(lm, "rome", [*sets, "v_lr=0.05"], "counterfact", cases, folder, options)
+    cases, folder = load_cases("counterfact", limit=2), tmp_path / "rome"
+    first = _cut_short_after_one_case(lm, cases, folder)
+    evaluate_variant(lm, "rome", [*SETS, "v_lr=0.05"], "counterfact", cases, folder, Options())
     lines = _lines(folder)
     assert len(lines) == 2 and lines[0]["edit"] != first["edit"]  # the first case was edited again
