@@ -21,7 +21,7 @@ import time
 from robustedit.data import load_cases
 from robustedit.eval.distributed import RayEvaluator
 from robustedit.eval.runner import EvalOptions
-from robustedit.session import EditorSpec
+from robustedit.eval.distributed import EditorSpec
 
 
 def run(spec: EditorSpec, cases, workers: int, threads: int) -> dict:

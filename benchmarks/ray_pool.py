@@ -48,7 +48,7 @@ import tiny
 from robustedit.data import load_cases
 from robustedit.eval.distributed import RayEvaluator, chunked, worker_env
 from robustedit.eval.runner import EvalOptions, LocalEvaluator
-from robustedit.session import EditorSpec
+from robustedit.eval.distributed import EditorSpec
 
 # The tests' ROME settings for the tiny Llama (tests/unit/test_distributed.py).
 SETS = ("layer=1", "stats.n_tokens=2048", "stats.seq_len=64", "stats.batch_size=8",

@@ -87,7 +87,7 @@ def edit(
 ) -> None:
     """Apply one edit (or every fact of --file) and show the top predictions before and after."""
     from robustedit.editors.settings import get_editor, resolve_editor
-    from robustedit.session import setup
+    from robustedit.models.load import load_seeded
     from robustedit.editors import applied
     from robustedit.progress import detail
     from robustedit.request import EditRequest
@@ -107,7 +107,7 @@ def edit(
     cls, econfig = resolve_editor(editor, model, config, set_ or ())
     if rephrase and not cls.wants_in_domain:
         raise UserError(f"--rephrase trains REP's adaptor; {editor} has none (use rome+rep or memit+rep)")
-    lm = setup(model, dtype, device, seed)
+    lm = load_seeded(model, dtype, device, seed)
     ed = get_editor(editor, lm, config=config, sets=set_ or ())
     if cls.wants_in_domain:
         from robustedit.editors.rep import user_probes
@@ -149,14 +149,14 @@ def _edit_file(file: Path, editor: str, save: Optional[Path], model: str, config
     """``edit --file``: every fact of the file, in one call (MEMIT) or one after another."""
     from robustedit.editors.settings import get_editor, resolve_editor
     from robustedit.progress import detail
-    from robustedit.session import setup
+    from robustedit.models.load import load_seeded
     from robustedit.use.facts import edit_facts, read_facts
 
     requests = read_facts(file)
     cls, _ = resolve_editor(editor, model, config, sets or ())
     if save is not None and not cls.saves_to_disk:
         raise UserError(f"{editor} keeps its edits in a memory outside the weights, which cannot be saved; drop --save")
-    lm = setup(model, dtype, device, seed)
+    lm = load_seeded(model, dtype, device, seed)
     ed = get_editor(editor, lm, config=config, sets=sets or ())
     with detail():
         result = edit_facts(ed, requests)
@@ -224,7 +224,7 @@ def export(
     model: str = MODEL, seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Write the model with saved edits in its weights as a Hugging Face folder (from_pretrained loads it)."""
-    from robustedit.session import setup
+    from robustedit.models.load import load_seeded
     from robustedit.use.export import export_edits
 
     if out.exists():
@@ -233,7 +233,7 @@ def export(
     missing = [str(d) for d in edit_dirs if not Path(d).is_dir()]
     if missing:
         raise UserError(f"--edit {missing[0]} is not a folder written by `robustedit edit --save`")
-    lm = setup(model, dtype, device, seed)
+    lm = load_seeded(model, dtype, device, seed)
     folder = export_edits(lm, list(edit_dirs), out)
     console.print(f"wrote {folder}: {lm.name} with {len(edit_dirs)} edit(s) in its weights; "
                   f"load it with AutoModelForCausalLM.from_pretrained({str(folder)!r})")
@@ -289,11 +289,11 @@ def stats(
     model: str = MODEL, seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Precompute (and cache) the key statistics C = E(k kᵀ) of MLP down-projection inputs."""
-    from robustedit.session import setup
+    from robustedit.models.load import load_seeded
     from robustedit.stats.covariance import StatsConfig, second_moments
 
     wanted = comma_list(layers, "--layers", int)
-    lm = setup(model, dtype, device, seed)
+    lm = load_seeded(model, dtype, device, seed)
     for i in wanted:
         lm.check_layer(i)
     cfg = StatsConfig() if n_tokens is None else StatsConfig(n_tokens=n_tokens)
@@ -314,7 +314,7 @@ def trace(
     model: str = MODEL, seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Causal tracing (ROME paper §2): which hidden states carry the fact, per layer and token."""
-    from robustedit.session import setup
+    from robustedit.models.load import load_seeded
     from robustedit.analysis import KINDS, write_trace
     from robustedit.analysis import trace as run_trace
     from robustedit.request import EditRequest
@@ -327,7 +327,7 @@ def trace(
     if samples < 1 or noise_factor < 0:
         raise UserError("--samples must be at least 1 and --noise-factor at least 0")
     check_output_folder(out)
-    lm = setup(model, dtype, device, seed)
+    lm = load_seeded(model, dtype, device, seed)
     t0 = time.perf_counter()
     result = run_trace(lm, prompt, subject, answer=answer, kinds=wanted, samples=samples,
                        noise_factor=noise_factor, seed=seed)
@@ -351,7 +351,7 @@ def analyze(
 ) -> None:
     """Why edits miss perturbed prompts: key similarities, a subject's keys in PCA, nearest unrelated prefixes, value norms."""
     from robustedit.editors.settings import get_editor, resolve_editor
-    from robustedit.session import setup
+    from robustedit.models.load import load_seeded
     from robustedit.analysis.run import ANALYSES, ANALYSIS_EDITOR, run_analysis
     from robustedit.data import load_cases
 
@@ -364,7 +364,7 @@ def analyze(
     cases = load_cases(dataset)
     resolve_editor(ANALYSIS_EDITOR, model, config, set_ or ())  # a bad setting fails before the load
     check_output_folder(out)
-    lm = setup(model, dtype, device, seed)
+    lm = load_seeded(model, dtype, device, seed)
     if known_only:
         from robustedit.eval.filters import known_cases
 
@@ -390,14 +390,14 @@ def train(
 ) -> None:
     """Train an editor that learns (MEND's hypernetwork, SERAC's classifier and counterfactual model)."""
     from robustedit.editors.settings import resolve_editor
-    from robustedit.session import setup
+    from robustedit.models.load import load_seeded
     from robustedit.training.trainers import task_class, train_editor
 
     task_class(editor)
     _, econfig = resolve_editor(editor, model, config, set_ or ())
     if out is not None:
         check_output_folder(out)
-    lm = setup(model, dtype, device, seed)
+    lm = load_seeded(model, dtype, device, seed)
     t0 = time.perf_counter()
     folder, meta = train_editor(editor, lm, econfig, out, resume=resume)
     console.print(f"trained {editor} for {lm.name} in {(time.perf_counter() - t0) / 60:.1f} min; saved to {folder}")

@@ -17,7 +17,7 @@ from robustedit.data import Case
 from robustedit.errors import UserError
 from robustedit.eval.runner import EvalOptions, LocalEvaluator, RunInfo, read_records, run_evaluation
 from robustedit.request import EditRequest
-from robustedit.session import EditorSpec
+from robustedit.eval.distributed import EditorSpec
 
 SETS = ("layer=1", "stats.n_tokens=2048", "stats.seq_len=64", "stats.batch_size=8",
         "context_template_length_params=[[3, 5]]", "v_num_grad_steps=3")

@@ -241,7 +241,7 @@ def test_each_ray_worker_asks_for_its_gpus(caplog):
     from robustedit.errors import UserError
     from robustedit.eval.distributed import RayEvaluator
     from robustedit.eval.runner import EvalOptions
-    from robustedit.session import EditorSpec
+    from robustedit.eval.distributed import EditorSpec
 
     def options_of(evaluator) -> dict:
         seen: dict = {}

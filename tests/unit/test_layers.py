@@ -1,7 +1,7 @@
 """Imports run one way: a package may import its own layer and the layers below it, never above.
 
 The order (README, "How it is built"): core modules → models → stats → data → editors → training →
-session → eval → analysis → experiments → cli. Function-level (lazy) imports count as imports.
+eval → use → analysis → experiments → cli. Function-level (lazy) imports count as imports.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import robustedit
 
 ROOT = Path(robustedit.__file__).parent
-CORE = ("errors", "paths", "progress", "output", "registry", "request", "config", "rundir")  # in this order too
-ORDER = [*CORE, "models", "stats", "data", "editors", "training", "session", "use", "eval", "analysis", "experiments", "cli"]
+CORE = ("errors", "paths", "progress", "output", "seeding", "registry", "request", "config", "rundir")  # in this order too
+ORDER = [*CORE, "models", "stats", "data", "editors", "training", "eval", "use", "analysis", "experiments", "cli"]
 RANK = {name: (0 if name in CORE else ORDER.index(name)) for name in ORDER}
 
 

@@ -14,18 +14,20 @@ exactly once. Ray is imported only when an evaluator is made, so it stays an opt
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
+from robustedit.editors.settings import get_editor, resolve_editor
 from robustedit.errors import UserError
 from robustedit.eval.runner import EvalOptions, LocalEvaluator
+from robustedit.models.load import load_seeded
 
 if TYPE_CHECKING:
     from robustedit.data import Case
-    from robustedit.session import EditorSpec
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,31 @@ log = logging.getLogger(__name__)
 # Ray started before the driver changed them (or on another node) would not see them otherwise.
 FORWARDED_ENV = ("XDG_CACHE_HOME", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 FORWARDED_PREFIX = "ROBUSTEDIT_"
+
+
+@dataclasses.dataclass(frozen=True)
+class EditorSpec:
+    """Everything needed to rebuild the same editor on the same model in another process
+    (an evaluation worker): names and options only, no tensors."""
+
+    editor: str
+    model: str = "smollm2"
+    config_file: str | None = None
+    sets: tuple[str, ...] = ()
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+
+    def check(self):
+        """The editor class and its validated config, without loading the model."""
+        return resolve_editor(self.editor, self.model, self.config_file, self.sets)
+
+    def build(self):
+        """Load the model and build the editor; returns (editor, resolved config as a dict)."""
+        self.check()  # a bad setting fails before the model loads
+        lm = load_seeded(self.model, self.dtype, self.device, self.seed)
+        editor = get_editor(self.editor, lm, config=self.config_file, sets=self.sets)
+        return editor, editor.settings()
 
 
 def import_ray():

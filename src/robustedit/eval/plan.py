@@ -105,7 +105,7 @@ class EvalPlan:
         from robustedit.data import load_cases
         from robustedit.editors.settings import resolve_editor
         from robustedit.data.perturb import RobustnessConfig
-        from robustedit.session import setup
+        from robustedit.models.load import load_seeded
 
         plan = self.validate()
         cases = load_cases(self.dataset, limit=None if plan or self.known_only else self.limit)
@@ -119,7 +119,7 @@ class EvalPlan:
         extra: dict = {"robustness": asdict(rob)} if rob is not None else {}
         gen = self._generation_config(cases, extra)
         if lm is None and (self.workers is None or self.known_only):
-            lm = setup(self.model, self.dtype, self.device, self.seed)
+            lm = load_seeded(self.model, self.dtype, self.device, self.seed)
         if self.known_only:
             cases = self._known(lm, cases, extra, say)
         self.extra = extra
@@ -153,7 +153,7 @@ class EvalPlan:
         """The workers build the editor; this process only writes the results."""
         from robustedit.eval.distributed import RayEvaluator
         from robustedit.eval.runner import EvalOptions, RunInfo, run_evaluation
-        from robustedit.session import EditorSpec
+        from robustedit.eval.distributed import EditorSpec
 
         local = Path(self.model).expanduser()  # workers may start in another folder: paths travel absolute
         spec = EditorSpec(self.editor, str(local.resolve()) if local.is_dir() else self.model,

@@ -88,7 +88,7 @@ class EvalOptions:
 
 def seed_case(seed: int, case_id: str) -> None:
     """Seed every generator from (seed, case id) only: a case's record is the same in any order."""
-    from robustedit.session import seed_everything
+    from robustedit.seeding import seed_everything
 
     seed_everything(case_rng(seed, case_id, "evaluate").getrandbits(32))
 

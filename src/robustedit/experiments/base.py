@@ -40,9 +40,9 @@ class Options:
         return "robustedit " + shlex.join(sys.argv[1:])
 
     def load_model(self):
-        from robustedit.session import setup
+        from robustedit.models.load import load_seeded
 
-        return setup(self.model, self.dtype, self.device, self.seed)
+        return load_seeded(self.model, self.dtype, self.device, self.seed)
 
 
 class Experiment(abc.ABC):

@@ -228,3 +228,11 @@ def load_model(name_or_path: str = "smollm2", *, dtype: str = "float32", device:
         fingerprint = cached_fingerprint(weights_folder(source), str(torch_dtype).removeprefix("torch."),
                                          lambda: weights_fingerprint(model))
     return wrap(model, tok, name_or_path, fingerprint)
+
+
+def load_seeded(model: str = "smollm2", dtype: str = "float32", device: str = "cpu", seed: int = 0) -> LanguageModel:
+    """Seed every generator, then load ``model``: the setup every command and experiment shares."""
+    from robustedit.seeding import seed_everything
+
+    seed_everything(seed)
+    return load_model(model, dtype=dtype, device=device)

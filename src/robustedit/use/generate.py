@@ -39,7 +39,7 @@ from robustedit.models.forward import reroutes_logits
 from robustedit.models.load import LanguageModel
 from robustedit.models.text import fill
 from robustedit.request import EditRequest
-from robustedit.session import setup
+from robustedit.models.load import load_seeded
 
 
 @dataclass(frozen=True)
@@ -303,7 +303,7 @@ def generate(prompt: str, *, lm: LanguageModel | None = None, model: str = "smol
     if isinstance(editor, str):  # a bad editor name or setting fails before the model loads
         resolve_editor(editor, lm.name if lm is not None else model, config, sets)
     if lm is None:
-        lm = setup(model, dtype, device, seed)
+        lm = load_seeded(model, dtype, device, seed)
     if editor is not None:
         return edit_and_compare(lm, editor, prompt, subject, target, target_true=target_true, edits=folders,
                                 config=config, sets=sets, rephrase=rephrase, **asdict(opts))
