@@ -6,6 +6,8 @@ pass), and editors and scoring need next-token distributions at a handful of pos
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from robustedit.models.load import LanguageModel
@@ -56,3 +58,19 @@ def packed_hidden_states(lm: LanguageModel, input_ids: torch.Tensor, mask: torch
     mask and explicit positions, which every supported architecture's base model accepts."""
     out = lm.base(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    token: str  # decoded as it follows the prompt (a leading space included)
+    prob: float
+
+
+@torch.inference_mode()
+def top_next_tokens(lm: LanguageModel, text: str, k: int = 1) -> list[Prediction]:
+    """The ``k`` most likely next tokens after ``text`` with their probabilities, from the model's
+    full forward pass (so an edit memory that reroutes the logits, SERAC's, is seen)."""
+    ids = lm.tokenizer(text, return_tensors="pt").to(lm.device)
+    probs = lm.model(**ids).logits[0, -1].float().softmax(-1)
+    p, idx = probs.topk(k)
+    return [Prediction(lm.tokenizer.decode(int(i)), float(x)) for x, i in zip(p, idx)]

@@ -97,3 +97,8 @@ def length_batches(seqs: list, batch_size: int, max_tokens: int, size=len) -> li
             batches.append([])
         batches[-1].append(seq)
     return batches
+
+
+def first_target_token(tokenizer, prompt: str, target: str) -> str:
+    """The target's first token as it follows ``prompt``, decoded as a prediction is."""
+    return tokenizer.decode(int(target_ids(tokenizer, prompt, target)[0]))

@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from robustedit.editors.base import Editor
 from robustedit.editors.store import EditSequence
 from robustedit.errors import UserError
 from robustedit.models.load import LanguageModel
-from robustedit.models.text import target_ids
+from robustedit.models.forward import Prediction, top_next_tokens
+from robustedit.models.text import first_target_token
 from robustedit.progress import progress
 from robustedit.request import EditRequest
 
@@ -149,20 +149,9 @@ def edits_in_one_call(editor: Editor | type[Editor]) -> bool:
     return cls.batch_edits
 
 
-@dataclass(frozen=True)
-class Prediction:
-    token: str  # decoded as it follows the prompt (a leading space included)
-    prob: float
-
-
-@torch.inference_mode()
 def top_prediction(lm: LanguageModel, text: str) -> Prediction:
-    """The most likely next token after ``text`` and its probability, from the model's full forward
-    pass (so an edit memory that reroutes the logits, SERAC's, is seen)."""
-    ids = lm.tokenizer(text, return_tensors="pt").to(lm.device)
-    probs = lm.model(**ids).logits[0, -1].float().softmax(-1)
-    p, i = probs.max(-1)
-    return Prediction(lm.tokenizer.decode(int(i)), float(p))
+    """The most likely next token after ``text`` and its probability."""
+    return top_next_tokens(lm, text, 1)[0]
 
 
 @dataclass(frozen=True)
@@ -229,7 +218,7 @@ def edit_facts(editor: Editor, requests: list[EditRequest], *, batch: bool | Non
     lm = editor.lm
     batched = edits_in_one_call(editor) if batch is None else bool(batch)
     before = [top_prediction(lm, r.text) for r in progress(requests, desc="predicting before the edits")]
-    firsts = [lm.tokenizer.decode(int(target_ids(lm.tokenizer, r.text, r.target_new)[0])) for r in requests]
+    firsts = [first_target_token(lm.tokenizer, r.text, r.target_new) for r in requests]
     sequence, infos = EditSequence(lm), []
     groups = [list(requests)] if batched else [[r] for r in requests]
     t0 = time.perf_counter()

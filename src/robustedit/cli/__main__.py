@@ -1,0 +1,5 @@
+"""``python -m robustedit.cli``."""
+
+from robustedit.cli import main
+
+main()
