@@ -14,7 +14,8 @@ from robustedit.editors.adaptors import KeyAdaptor
 from robustedit.editors.memory import EditMemory, MemoryEdit
 from robustedit.editors.memory import install as install_memory
 from robustedit.editors.memory import uninstall as uninstall_memory
-from robustedit.editors.store import load_edits, loaded_edits, save_edit
+from robustedit.editors.saved import load_edits, loaded_edits
+from robustedit.editors.store import save_edit
 from robustedit.errors import UserError
 from robustedit.request import EditRequest
 from robustedit.use.export import RECORD, export_edits

@@ -12,7 +12,7 @@ from tiny import same_state, state_copy
 
 from robustedit.data import Case
 from robustedit.editors import get_editor
-from robustedit.editors.store import load_edit
+from robustedit.editors.saved import load_edit
 from robustedit.errors import UserError
 from robustedit.eval.ability import (
     AbilityProbe,

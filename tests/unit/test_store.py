@@ -15,15 +15,8 @@ from tiny import same_state, state_copy, tiny_model
 
 from robustedit.editors import Delta, applied, get_editor
 from robustedit.editors.adaptors import AdaptorStack, KeyAdaptor
-from robustedit.editors.store import (
-    EditSequence,
-    checksum,
-    load_edit,
-    load_edits,
-    loaded_edits,
-    save_edit,
-    undo_saved,
-)
+from robustedit.editors.saved import checksum, load_edit, load_edits, loaded_edits, undo_saved
+from robustedit.editors.store import EditSequence, save_edit
 from robustedit.errors import UserError
 from robustedit.models.load import wrap
 from robustedit.request import EditRequest

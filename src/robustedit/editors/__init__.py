@@ -9,7 +9,8 @@ from robustedit.editors.base import (
            apply_delta,
 )
 from robustedit.editors.settings import build_editor, get_editor, resolve_editor
-from robustedit.editors.store import EditSequence, load_edit, load_edits, save_edit, undo_saved
+from robustedit.editors.saved import load_edit, load_edits, undo_saved
+from robustedit.editors.store import EditSequence, save_edit
 
 __all__ = ["EDITORS", "Delta", "EditSequence", "Editor", "applied", "apply_delta", "build_editor", "get_editor",
            "load_edit", "load_edits", "resolve_editor", "save_edit", "undo_saved"]

@@ -1,6 +1,6 @@
 """Exporting a model with saved edits in its weights (``robustedit export --edit DIR... --out HFDIR``).
 
-:func:`export_edits` loads the saved edit folders in order (``editors.store.load_edits``: deltas
+:func:`export_edits` loads the saved edit folders in order (``editors.saved.load_edits``: deltas
 add), writes the model with ``save_pretrained`` and its tokenizer beside it, so that
 ``AutoModelForCausalLM.from_pretrained(HFDIR)`` loads the edited model with no robustedit
 installed, and restores the in-memory model bit-exactly. Tied weights (an LM head tied to the
@@ -13,7 +13,7 @@ id, editor, config, model fingerprint, requests and case ids.
 Only edits that live in the weights can be exported. An edit folder that installs key adaptors
 (REP: ``rome+rep``, ``memit+rep``) is refused, and so is a model that carries adaptors or an edit
 memory (SERAC) in memory: ``save_pretrained`` would silently drop them. SERAC's edits cannot be
-saved to a folder in the first place (``editors.store.MEMORY_NOT_SAVED``). Everything is checked
+saved to a folder in the first place (``editors.saved.MEMORY_NOT_SAVED``). Everything is checked
 before anything is written; the folder is staged beside ``out`` and moved into place in one rename.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 from robustedit import __version__
 from robustedit.editors.adaptors import AdaptorStack
 from robustedit.editors.memory import EditMemory
-from robustedit.editors.store import (
+from robustedit.editors.saved import (
     MEMORY_NOT_SAVED,
     edit_id,
     load_edits,

@@ -33,7 +33,7 @@ import torch
 
 from robustedit.editors.base import Delta, Editor, applied
 from robustedit.editors.settings import get_editor, resolve_editor
-from robustedit.editors.store import load_edit
+from robustedit.editors.saved import load_edit
 from robustedit.errors import UserError
 from robustedit.models.forward import reroutes_logits
 from robustedit.models.load import LanguageModel
