@@ -174,3 +174,40 @@ def test_detached_sss_trains_exactly_as_the_rescaled_edit_loss(tiny_lm_factory, 
 def test_sss_form_is_checked():
     with pytest.raises(UserError, match="sss.form"):
         SSSConfig(form="code")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text"])
+def test_logits_of_the_target_positions_alone_give_the_same_losses_and_gradients(tokenizer, monkeypatch, arch):
+    """The forward projects only ``tf.keep`` onto the vocabulary; with every position projected
+    (``logits_to_keep`` dropped) J, both SSS forms and the trained weight's gradient are the same."""
+    import robustedit.editors.sss as sss_module
+
+    lm = tiny_model(arch, tokenizer)  # its own copy: made float64
+    lm.model.double()
+    weight = lm.down_proj(1).weight
+    tf = teacher_forced(lm, PROMPTS, TARGETS)  # two rows of different lengths: padding, several kept columns
+    assert len(tf.keep) < tf.batch.input_ids.shape[1]
+    every_position = sss_module.forward
+
+    def results():
+        out = []
+        for cfg in (None, SSSConfig(coefficient=0.5), SSSConfig(coefficient=0.5, form="reference")):
+            with torch.enable_grad():
+                J, lam = edit_loss_and_sss(lm, tf, cfg)
+                combined_loss(J, lam, cfg).backward()
+            out.append((J.detach(), None if lam is None else lam.detach(), weight.grad.clone()))
+            weight.grad = None
+        return out
+
+    weight.requires_grad_(True)
+    try:
+        kept = results()
+        monkeypatch.setattr(sss_module, "forward", lambda lm_, w=None, logits_to_keep=None, **kw: every_position(lm_, w, **kw))
+        full = results()
+    finally:
+        weight.requires_grad_(False)
+    for (J1, s1, g1), (J0, s0, g0) in zip(kept, full):
+        torch.testing.assert_close(J1, J0)
+        if s0 is not None:
+            torch.testing.assert_close(s1, s0)
+        torch.testing.assert_close(g1, g0)

@@ -109,13 +109,26 @@ class SSSConfig:
 @dataclass
 class TeacherForced:
     """Prompts followed by their targets, right-padded: position ``target_pos[j]`` predicts token
-    ``target_tok[j]`` of example ``target_row[j]``; ``prompt_mask`` marks each prompt's tokens."""
+    ``target_tok[j]`` of example ``target_row[j]``; ``prompt_mask`` marks each prompt's tokens.
+
+    ``keep`` lists (sorted) the positions that predict some target: a forward given
+    ``logits_to_keep=keep`` projects only those onto the vocabulary, where ``target_col[j]`` is
+    ``target_pos[j]``'s column. Nothing else reads the logits, so the loss, its gradients and SSS
+    are unchanged, and a step is 1.2× (SmolLM2, 49k tokens) to 2× (Gemma 3, 262k) faster."""
 
     batch: Batch
     prompt_mask: torch.Tensor  # (B, T) bool
     target_row: torch.Tensor
     target_pos: torch.Tensor
     target_tok: torch.Tensor
+    keep: torch.Tensor
+    target_col: torch.Tensor
+
+    def target_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits that predict each target token ``(N, V)``, from all positions' logits or
+        from those of ``keep`` only (when every position is kept the two index alike)."""
+        full = logits.shape[1] == self.batch.input_ids.shape[1]
+        return logits[self.target_row, self.target_pos if full else self.target_col]
 
 
 def teacher_forced(lm: LanguageModel, prompts: list[str], targets: list[str]) -> TeacherForced:
@@ -135,16 +148,20 @@ def teacher_forced(lm: LanguageModel, prompts: list[str], targets: list[str]) ->
     positions = torch.arange(batch.input_ids.shape[1], device=lm.device)
     prompt_mask = positions[None, :] < torch.tensor(n_prompt, device=lm.device)[:, None]
     dev = lm.device
+    keep = sorted(set(t_pos))
+    col = {p: i for i, p in enumerate(keep)}
     return TeacherForced(batch, prompt_mask, torch.tensor(t_row, device=dev), torch.tensor(t_pos, device=dev),
-                         torch.tensor(t_tok, device=dev))
+                         torch.tensor(t_tok, device=dev), torch.tensor(keep, device=dev),
+                         torch.tensor([col[p] for p in t_pos], device=dev))
 
 
 def per_example_nll(logits: torch.Tensor, tf: TeacherForced) -> torch.Tensor:
-    """Mean NLL over each example's target tokens ``(B,)`` (Eq. 8)."""
-    picked = logits[tf.target_row, tf.target_pos]
+    """Mean NLL over each example's target tokens ``(B,)`` (Eq. 8); ``logits`` of every position or
+    of ``tf.keep``'s."""
+    picked = tf.target_logits(logits)
     logp = F.log_softmax(picked.to(torch.promote_types(picked.dtype, torch.float32)), dim=-1)
     nll = -logp.gather(-1, tf.target_tok[:, None])[:, 0]
-    n = logits.shape[0]
+    n = tf.batch.input_ids.shape[0]
     total = nll.new_zeros(n).index_add(0, tf.target_row, nll)
     count = nll.new_zeros(n).index_add(0, tf.target_row, torch.ones_like(nll))
     return total / count
@@ -173,7 +190,8 @@ def edit_loss_and_sss(lm: LanguageModel, tf: TeacherForced, cfg: SSSConfig | Non
     kernels = sdpa_kernel(SDPBackend.MATH) if second_order else contextlib.nullcontext()
     final = _final_hidden(lm) if cfg is not None and not on_embeddings else contextlib.nullcontext([])
     with kernels, final as hidden:
-        out = forward(lm, weights, inputs_embeds=x, attention_mask=tf.batch.attention_mask, use_cache=False)
+        out = forward(lm, weights, inputs_embeds=x, attention_mask=tf.batch.attention_mask, use_cache=False,
+                      logits_to_keep=tf.keep)
     nll = per_example_nll(out.logits, tf)
     J = nll.mean()
     if cfg is None:
@@ -209,8 +227,9 @@ def _final_hidden(lm: LanguageModel):
 
 def _reference_sss(logits: torch.Tensor, hidden: torch.Tensor, tf: TeacherForced, create_graph: bool) -> torch.Tensor:
     """The authors' term: Σ over every position and example of ‖∇_h NLL‖², the NLL being the mean
-    over all target tokens of the batch (EasyEdit's ``edit_loss_fn``), h the final hidden state."""
-    picked = logits[tf.target_row, tf.target_pos]
+    over all target tokens of the batch (EasyEdit's ``edit_loss_fn``), h the final hidden state
+    (every position's: those whose logits were not kept have a zero gradient, as in the reference)."""
+    picked = tf.target_logits(logits)
     logp = F.log_softmax(picked.to(torch.promote_types(picked.dtype, torch.float32)), dim=-1)
     batch_nll = -logp.gather(-1, tf.target_tok[:, None]).mean()
     (grad,) = torch.autograd.grad(batch_nll, hidden, create_graph=create_graph, retain_graph=True)
