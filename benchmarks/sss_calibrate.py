@@ -18,6 +18,18 @@ The rules the shipped defaults follow: per form, the largest C whose reliability
 default form is the one whose chosen C raises locality most (``choose_form``: locality is what
 SSS is for). The detached control at each chosen C is scored too (``--detached``). Records per
 setting under ``--out``.
+
+A trained editor (MEND + SSS) is trained once per C (``robustedit train mend+sss --set
+sss.coefficient=C --out DIR``); ``--checkpoint C=DIR`` gives each C its network. Its training set
+is ``zsre-train``, so it is calibrated on other held-out cases, e.g. ``counterfact-val`` without
+the edits that also appear in the CounterFact test set (``--not-in counterfact``). There SSS
+raises reliability, so every C passes the reliability rule and "the largest C" would decide
+nothing: ``--rule locality`` takes, among the Cs within 2 points, the one whose locality gain is
+largest (fixed before MEND's runs).
+
+    python benchmarks/sss_calibrate.py --editor mend+sss --forms paper --cs 0.5,0.9 \
+        --checkpoint 0.5=runs/trained-mend+sss-C0.5 --dataset counterfact-val --not-in counterfact \
+        --n 300 --rule locality --out runs/sss-calibrate-mend
 """
 
 from __future__ import annotations
@@ -48,12 +60,16 @@ def evaluate(lm, editor: str, sets: list[str], cases, out: Path, label: str, arg
     return [r for r in read_records(out / "records.jsonl") if r["case_id"] in wanted]
 
 
-def choose(rows: dict[str, dict], cs: dict[str, list[float]]) -> dict[str, float | None]:
-    """Per form, the largest C whose reliability drop is at most 2 points (None if no C is)."""
+def choose(rows: dict[str, dict], cs: dict[str, list[float]], rule: str = "largest") -> dict[str, float | None]:
+    """Per form, among the Cs whose reliability drop is at most 2 points, the largest
+    (``rule="largest"``) or the one with the largest locality gain (``"locality"``); None if no C is."""
     chosen = {}
     for form in cs:
         ok = [c for c in cs[form] if rows[f"{form} C={c}"]["diff"]["efficacy_acc"]["mean"] >= -MAX_RELIABILITY_DROP]
-        chosen[form] = max(ok) if ok else None
+        if rule == "locality":
+            chosen[form] = max(ok, key=lambda c: rows[f"{form} C={c}"]["diff"]["locality_acc"]["mean"]) if ok else None
+        else:
+            chosen[form] = max(ok) if ok else None
     return chosen
 
 
@@ -75,11 +91,21 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--set", action="append", default=[], help="extra override for every setting")
+    ap.add_argument("--checkpoint", action="append", default=[], help="C=DIR: the trained editor of that C")
+    ap.add_argument("--not-in", action="append", default=[], help="drop the cases whose edit prompt is in this "
+                    "dataset (a test set) before taking --start/--n")
+    ap.add_argument("--rule", choices=["largest", "locality"], default="largest",
+                    help="which C within 2 points of reliability: the largest, or the largest locality gain")
     ap.add_argument("--out", default="runs/sss-calibrate")
     args = ap.parse_args()
     torch.manual_seed(0)
     lm = load_model(args.model)
-    cases = load_cases(args.dataset)[args.start: args.start + args.n]
+    cases = load_cases(args.dataset)
+    if args.not_in:
+        test = {c.request.text for d in args.not_in for c in load_cases(d)}
+        cases = [c for c in cases if c.request.text not in test]
+    cases = cases[args.start: args.start + args.n]
+    checkpoints = {float(c): [f"checkpoint={d}"] for c, _, d in (v.partition("=") for v in args.checkpoint)}
     base = args.editor.split("+")[0]
     forms = [f for f in args.forms.split(",") if f]
     cs = parse_cs(args.cs or ["0.01,0.05,0.2,0.5,0.9"], forms)
@@ -88,20 +114,21 @@ def main() -> None:
     for form in forms:
         for c in cs[form]:
             label = f"{form} C={c}"
-            records[label] = evaluate(lm, args.editor, [*args.set, f"sss.form={form}", f"sss.coefficient={c}"],
-                                      cases, out / f"{form}-C{c}", label, args)
+            records[label] = evaluate(lm, args.editor, [*args.set, f"sss.form={form}", f"sss.coefficient={c}",
+                                                        *checkpoints.get(c, [])], cases, out / f"{form}-C{c}", label, args)
     rows = summarize(records)
-    chosen = choose(rows, cs)
+    chosen = choose(rows, cs, args.rule)
     if args.detached:
         for form, c in chosen.items():
             if c is not None:
                 label = f"{form} C={c} detached"
                 records[label] = evaluate(lm, args.editor, [*args.set, f"sss.form={form}", f"sss.coefficient={c}",
-                                                            "sss.detach=true"], cases, out / f"{form}-C{c}-detached",
+                                                            "sss.detach=true", *checkpoints.get(c, [])],
+                                          cases, out / f"{form}-C{c}-detached",
                                           label, args)
         rows = summarize(records)
-    result = {"model": lm.name, "editor": args.editor, "dataset": args.dataset, "start": args.start,
-              "n": len(cases), "rows": rows, "chosen": chosen, "default_form": choose_form(rows, chosen)}
+    result = {"model": lm.name, "editor": args.editor, "dataset": args.dataset, "not_in": args.not_in,
+              "start": args.start, "n": len(cases), "rule": args.rule, "rows": rows, "chosen": chosen, "default_form": choose_form(rows, chosen)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{args.editor} on {args.dataset} cases {args.start}..{args.start + len(cases) - 1}, {lm.name}; in %")
@@ -110,7 +137,8 @@ def main() -> None:
     for label, r in rows.items():
         cells = [fmt(r["intervals"].get(c)) for c in COLUMNS] + [fmt(r["diff"].get(c), True) for c in COLUMNS]
         print(f"| {label} | " + " | ".join(cells) + " |")
-    print(f"\nchosen C per form (largest with reliability within {100 * MAX_RELIABILITY_DROP:.0f} points): {chosen}")
+    which = "largest" if args.rule == "largest" else "largest locality gain"
+    print(f"\nchosen C per form ({which} with reliability within {100 * MAX_RELIABILITY_DROP:.0f} points): {chosen}")
     print(f"default form (largest locality gain at its chosen C): {result['default_form']}")
 
 

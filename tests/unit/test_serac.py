@@ -92,6 +92,9 @@ def test_serac_with_sss_trains_the_counterfactual_model_with_the_regularizer(tok
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if '"train"' in line]
     assert len(log) == 2 and all(r["sss"] > 0 for r in log)
     assert get_editor("serac+sss", lm, **{"checkpoint": str(out)}).edit([EditRequest("What colour is {}?", "Oslo", "red")]).memory
+    # SSS acts in training only: asking this network for another C would record settings it was not made with
+    with pytest.raises(UserError, match=r"sss.coefficient=0.25 \(trained with"):
+        get_editor("serac+sss", lm, sets=["sss.coefficient=0.25"], checkpoint=str(out))
 
 
 def test_a_sequential_run_keeps_every_edit_in_memory_and_ends_with_none(trained, tmp_path):

@@ -152,7 +152,7 @@ class MEND(Editor):
         super().__init__(lm, config)
         from robustedit.config import from_dict
 
-        state, meta = load_trained(self.config.checkpoint or None, self.name, lm)
+        state, meta = load_trained(self.config.checkpoint or None, self.name, lm, self.config)
         trained = meta["config"]
         shape = ("layers", "rank", "n_hidden", "init_lr", "matrices")
         arch = from_dict(MENDConfig, {k: trained[k] for k in shape if k in trained})  # older files: down only

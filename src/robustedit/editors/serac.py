@@ -230,7 +230,7 @@ class SERAC(Editor):
         super().__init__(lm, config)
         from robustedit.config import from_dict
 
-        state, meta = load_trained(self.config.checkpoint or None, self.name, lm)
+        state, meta = load_trained(self.config.checkpoint or None, self.name, lm, self.config)
         trained = dict(meta["config"])
         # the trained parts fix the architecture; the threshold stays the user's to set
         arch = {k: trained[k] for k in ("classifier", "classifier_layer", "head_dim", "cf_layers", "context")}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,12 @@ def save_trained(folder: Path, state: dict[str, torch.Tensor], meta: dict[str, A
     (folder / META).write_text(json.dumps(meta, indent=2, default=str))
 
 
-def load_trained(folder: str | Path | None, editor: str, lm) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The weights and metadata of ``editor`` trained for ``lm``; one-line errors otherwise."""
+def load_trained(folder: str | Path | None, editor: str, lm, config: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights and metadata of ``editor`` trained for ``lm``; one-line errors otherwise.
+
+    With ``config`` (the editor's settings), its SSS settings must be those the network was trained
+    with: they act in training only, so an edit made under others would be recorded with settings
+    that did not make it."""
     base = editor.split("+", 1)[0]
     path = Path(folder) if folder else default_dir(editor, lm)
     train_cmd = f"robustedit train {editor}" + ("" if lm.name == "smollm2" else f" --model {lm.name}")
@@ -54,6 +58,13 @@ def load_trained(folder: str | Path | None, editor: str, lm) -> tuple[dict[str, 
         raise UserError(f"{path} was trained for another model ({meta.get('model')}, weights "
                         f"{str(meta.get('fingerprint'))[:12]}), not {lm.name} ({lm.fingerprint[:12]}); "
                         f"train it for this model with `{train_cmd}`")
+    wanted = getattr(config, "sss", None)
+    trained = meta.get("config", {}).get("sss")
+    if wanted is not None and trained is not None and asdict(wanted) != trained:
+        differ = ", ".join(f"sss.{k}={v} (trained with {trained.get(k)})"
+                           for k, v in asdict(wanted).items() if trained.get(k) != v)
+        raise UserError(f"{path} was trained with other SSS settings: {differ}; SSS acts in training only, so "
+                        f"train one with them (`{train_cmd} --set ...`) and pass --set checkpoint=DIR")
     return load_file(str(path / WEIGHTS), device=str(lm.device)), meta
 
 
