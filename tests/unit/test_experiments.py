@@ -44,3 +44,29 @@ def test_a_cut_short_variant_with_other_settings_starts_over(tiny_lm_factory, tm
     evaluate_variant(lm, "rome", [*SETS, "v_lr=0.05"], "counterfact", cases, folder, Options())
     lines = _lines(folder)
     assert len(lines) == 2 and lines[0]["edit"] != first["edit"]  # the first case was edited again
+
+
+def test_a_finished_variant_with_other_settings_starts_over(tiny_lm_factory, tmp_path):
+    """A shipped default that changed (here: the value learning rate) must not reuse the old row."""
+    lm = tiny_lm_factory("llama")
+    cases, folder = load_cases("counterfact", limit=2), tmp_path / "rome"
+    old = evaluate_variant(lm, "rome", SETS, "counterfact", cases, folder, Options())
+    first = _lines(folder)
+    new = evaluate_variant(lm, "rome", [*SETS, "v_lr=0.05"], "counterfact", cases, folder, Options())
+    assert new["n_cases"] == old["n_cases"] == 2
+    assert [r["edit"] for r in _lines(folder)] != [r["edit"] for r in first]  # both cases edited again
+    manifest = json.loads((folder / "run.json").read_text())
+    assert manifest["config"]["v_lr"] == 0.05
+
+
+def test_a_folder_without_run_json_is_judged_by_its_summary(tmp_path):
+    """Sequential runs (and folders from before run.json) record their settings in summary.json only."""
+    from robustedit.eval.runner import RunInfo
+    from robustedit.experiments.base import made_with
+
+    info = RunInfo("rome", "smollm2", "counterfact", {"layer": 2, "v_lr": 0.5})
+    assert not made_with(tmp_path, info)  # nothing there
+    (tmp_path / "summary.json").write_text(json.dumps({"editor": "rome", "config": {"layer": 2, "v_lr": 0.5}}))
+    assert made_with(tmp_path, info)
+    assert not made_with(tmp_path, RunInfo("rome", "smollm2", "counterfact", {"layer": 2, "v_lr": 0.05}))
+    assert not made_with(tmp_path, RunInfo("memit", "smollm2", "counterfact", {"layer": 2, "v_lr": 0.5}))

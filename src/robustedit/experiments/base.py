@@ -97,22 +97,38 @@ def finished(folder: Path, leftovers: tuple[str, ...] = ("records.jsonl",),
     return None
 
 
+def made_with(folder: Path, info) -> bool:
+    """Whether ``folder``'s results were made with ``info``'s settings (its ``run.json``; a folder
+    written before run.json existed: the editor and config its summary records)."""
+    from robustedit.rundir import run_differences
+
+    differences = run_differences(folder, info.settings())
+    if differences is not None:
+        return differences == []
+    summary_path = folder / "summary.json"
+    if not summary_path.exists():
+        return False
+    summary = json.loads(summary_path.read_text())
+    return summary.get("editor") == info.editor and summary.get("config") == json.loads(json.dumps(info.config, default=str))
+
+
 def evaluate_variant(lm, editor: str, sets: list[str], dataset: str, cases, folder: Path, options: Options,
                      accept: Callable[[dict], bool] = lambda summary: True) -> dict:
     """Evaluate ``editor`` (with ``sets``) case by case into ``folder``, unless it finished there
-    already; a run cut short with the same settings continues where it stopped (others start over)."""
+    already with the same settings; a run cut short with the same settings continues where it
+    stopped; anything made otherwise (e.g. before a shipped default changed) starts over."""
     from robustedit.editors.settings import get_editor
     from robustedit.eval.runner import RunInfo, run_evaluation
-    from robustedit.rundir import run_differences
 
-    done = finished(folder, leftovers=(), accept=accept)
-    if done is not None:
-        return done
     ed = get_editor(editor, lm, sets=sets)
     info = RunInfo(editor, lm.name, dataset, ed.settings(), seed=options.seed, command=options.command,
                    fingerprint=lm.fingerprint)
+    same = made_with(folder, info)
+    if same and (done := finished(folder, leftovers=(), accept=accept)) is not None:
+        return done
     records = folder / "records.jsonl"
-    resume = records.exists() and not (folder / "summary.json").exists() and run_differences(folder, info.settings()) == []
+    resume = same and records.exists() and not (folder / "summary.json").exists()
     if not resume:
         records.unlink(missing_ok=True)
+        (folder / "summary.json").unlink(missing_ok=True)
     return run_evaluation(ed, cases, folder, info, resume=resume)

@@ -22,6 +22,7 @@ from robustedit.eval.report import sequential_markdown, write_sequential_plot
 from robustedit.eval.runner import RunInfo
 from robustedit.eval.sequential import PROBE_CASES, SequentialPlan, run_sequential
 from robustedit.experiments import Experiment, Options, finished, register
+from robustedit.experiments.base import made_with
 from robustedit.output import atomic_write, write_json
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,21 @@ class Sequential(Experiment):
         results = {}
         for variant in VARIANTS:  # the combined table shows every variant already run at this N
             folder = out / f"{variant.name}-n{n}"
-            leftovers = ("records.jsonl", "checkpoints.jsonl", "edits.jsonl") if variant.name in variants else ()
-            done = finished(folder, leftovers)
-            if done is not None or variant.name not in variants:
-                if done is not None:
+            if variant.name not in variants:  # shown if an earlier run finished it
+                if (done := finished(folder, leftovers=())) is not None:
                     results[variant.name] = done
                 continue
             editor = get_editor(variant.editor, lm, sets=[*variant.sets, *options.sets])
             plan = SequentialPlan(n, min(variant.batch_size, n))
             info = RunInfo(variant.editor, lm.name, DATASET, editor.settings(), seed=options.seed,
                            command=options.command, extra={"variant": variant.name})
+            leftovers = ("records.jsonl", "checkpoints.jsonl", "edits.jsonl")
+            # reused only if made with these settings (a shipped default may have changed since)
+            if made_with(folder, info) and (done := finished(folder, leftovers)) is not None:
+                results[variant.name] = done
+                continue
+            for name in (*leftovers, "summary.json"):
+                (folder / name).unlink(missing_ok=True)
             results[variant.name] = run_sequential(editor, edited, probe, folder, info, plan, save_edits=False)
         curves = {name: s["sequential"]["checkpoints"] for name, s in results.items()}
         write_json(out / "sequential.json", curves)
