@@ -28,8 +28,8 @@ nothing: ``--rule locality`` takes, among the Cs within 2 points, the one whose 
 largest (fixed before MEND's runs).
 
     python benchmarks/sss_calibrate.py --editor mend+sss --forms paper --cs 0.5,0.9 \
-        --checkpoint 0.5=runs/trained-mend+sss-C0.5 --dataset counterfact-val --not-in counterfact \
-        --n 300 --rule locality --out runs/sss-calibrate-mend
+        --checkpoint 0.5=runs/trained-mend+sss-C0.5 --checkpoint 0.9=runs/trained-mend+sss-C0.9 \
+        --dataset counterfact-val --not-in counterfact --n 300 --rule locality --out runs/sss-calibrate-mend
 """
 
 from __future__ import annotations
