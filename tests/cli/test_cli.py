@@ -397,7 +397,8 @@ def test_analyze_errors_before_loading_the_model(cli, tmp_path, args, fragments)
     (("mend", "--set", "train.edit_loss_on=everything"), ("edit_loss_on", "rephrase")),
     (("serac", "--set", "classifier=bert"), ("classifier", "minilm")),
     (("serac+sss", "--set", "sss.coefficient=2"), ("sss.coefficient",)),
-], ids=["not-trainable", "steps", "edit-loss-on", "classifier", "sss-coefficient"])
+    (("mend", "--seed", "1", "--set", "train.seed=2"), ("--seed 1", "train.seed=2", "disagree")),
+], ids=["not-trainable", "steps", "edit-loss-on", "classifier", "sss-coefficient", "two-seeds"])
 def test_train_errors_before_loading_the_model(cli, tmp_path, args, fragments):
     assert_user_error(cli("train", *args, "--out", tmp_path / "out"), *fragments)
     _nothing_written(tmp_path)

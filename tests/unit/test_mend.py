@@ -125,3 +125,23 @@ def test_mend_with_sss_trains_with_the_regularizer_in_its_loss(tokenizer, tmp_pa
     assert meta["config"]["sss"]["coefficient"] == 0.9
     assert get_editor("mend+sss", lm, **{"checkpoint": str(out)}).edit(
         [EditRequest("What colour is {}?", "Oslo", "red")]).weights
+
+
+def test_each_training_seed_has_its_own_default_folder_and_settings_must_name_it(tokenizer, tmp_path, monkeypatch):
+    from robustedit.cli.running import with_training_seed
+    from robustedit.editors.trained import default_dir
+
+    monkeypatch.setenv("ROBUSTEDIT_CACHE", str(tmp_path / "cache"))
+    lm = tiny_model("llama", tokenizer)
+    data = mend_file(tmp_path)
+    seed1 = with_training_seed(config(data, steps=1), 1)  # what `robustedit train mend --seed 1` trains with
+    out, meta = train_editor("mend", lm, seed1, None)
+    assert out == default_dir("mend", lm, 1) != default_dir("mend", lm) and meta["config"]["train"]["seed"] == 1
+    with pytest.raises(UserError, match="no trained mend editor for"):
+        get_editor("mend", lm)  # seed 0's folder is still empty
+    assert get_editor("mend", lm, sets=["train.seed=1"]).edit([EditRequest("What colour is {}?", "Oslo", "red")]).weights
+    with pytest.raises(UserError, match="trained with train.seed=1, not 0"):
+        get_editor("mend", lm, **{"checkpoint": str(out)})
+    with pytest.raises(UserError, match="disagree"):
+        with_training_seed(config(data, seed=2), 1)
+    assert with_training_seed(config(data, seed=2), 0).train.seed == 2

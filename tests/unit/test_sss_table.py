@@ -43,3 +43,32 @@ def test_the_natural_questions_set_is_the_tail_that_training_holds_out():
     train, _ = split_cases(load_cases("zsre-train"), LoopConfig().val_fraction)
     assert len(nq) == 100 and not {c.case_id for c in nq} & {c.case_id for c in train}
     assert all(c.neighborhood_prompts[0].startswith("nq question:") and c.neighborhood_answer for c in nq)
+
+
+def test_seed_rows_load_their_seed_and_pair_with_the_base_of_the_same_seed():
+    from robustedit.experiments.sss_table import SEED_ROWS, row_seed
+
+    assert row_editor("mend+sss@seed2", ["sss.coefficient=0.5"]) == ("mend+sss", ["train.seed=2", "sss.coefficient=0.5"])
+    assert row_editor("serac@seed1", ["sss.coefficient=0.5"]) == ("serac", ["train.seed=1"])
+    assert [base_row(r) for r in ("mend+sss@seed2", "serac+sss@seed1", "mend@seed1")] == ["mend@seed2", "serac@seed1", None]
+    assert row_seed("mend+sss@seed2") == ("mend+sss", 2) and row_seed("mend") == ("mend", 0)
+    assert {row_seed(r)[1] for r in SEED_ROWS} == {1, 2}
+
+
+def test_the_difference_across_seeds_averages_each_seeds_paired_difference():
+    from robustedit.experiments.sss_table import across_seeds
+
+    records = {"mend": _records([1, 1, 0, 0]), "mend+sss": _records([1, 1, 1, 0]),  # seed 0: +0.25
+               "mend@seed1": _records([1, 0, 0, 0]), "mend+sss@seed1": _records([1, 1, 1, 1]),  # seed 1: +0.75
+               "serac": _records([1, 1, 1, 1]), "serac+sss": _records([0, 0, 0, 0])}  # one seed: not summarised
+    summary = across_seeds(records, ["efficacy_acc", "locality_acc"])
+    assert list(summary) == ["mend+sss"] and summary["mend+sss"]["seeds"] == [0, 1]
+    assert summary["mend+sss"]["per_seed"]["efficacy_acc"] == pytest.approx([0.25, 0.75])
+    assert summary["mend+sss"]["mean"]["efficacy_acc"]["mean"] == pytest.approx(0.5)
+    assert summary["mend+sss"]["mean"]["locality_acc"]["mean"] == pytest.approx(-0.5)
+    stats = tables.row_statistics(records, [k for _, k in COLUMNS], base_row)
+    assert stats["mend+sss@seed1"]["compared_with"] == "mend@seed1"
+    row = {"n_cases": 4, "metrics": {}, "timing": {}}
+    md = table_markdown({r: {"zsre-knowedit": row} for r in records}, {"zsre-knowedit": stats}, "tiny",
+                        {"zsre-knowedit": summary})
+    assert "| mend+sss − mend | 0, 1 | 4 | +50.0 [" in md and "(+25.0 / +75.0)" in md

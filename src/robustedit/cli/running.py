@@ -162,7 +162,9 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="folder for the trained editor (default: where the editor looks for it)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted training in --out (or the default folder)"),
     model: str = MODEL, config: Optional[str] = CONFIG, set_: Optional[List[str]] = SET,
-    seed: int = SEED, device: str = DEVICE, dtype: str = DTYPE,
+    seed: int = typer.Option(0, "--seed", help="training seed (= train.seed: initialisation and batch order); "
+                             "each seed's editor has its own default folder"),
+    device: str = DEVICE, dtype: str = DTYPE,
 ) -> None:
     """Train an editor that learns (MEND's hypernetwork, SERAC's classifier and counterfactual model)."""
     from robustedit.editors.settings import resolve_editor
@@ -171,6 +173,7 @@ def train(
 
     task_class(editor)
     _, econfig = resolve_editor(editor, model, config, set_ or ())
+    econfig = with_training_seed(econfig, seed)
     if out is not None:
         check_output_folder(out)
     lm = load_seeded(model, dtype, device, seed)
@@ -179,8 +182,21 @@ def train(
     console.print(f"trained {editor} for {lm.name} in {(time.perf_counter() - t0) / 60:.1f} min; saved to {folder}")
     for k, v in meta.get("validation", {}).items():
         console.print(f"  {k}: {v:.3f}")
-    hint = "" if out is None else f" --set checkpoint={folder}"
+    hint = (f" --set train.seed={econfig.train.seed}" if econfig.train.seed else "") + (
+        "" if out is None else f" --set checkpoint={folder}")
     console.print(f"use it with: robustedit evaluate --editor {editor}{hint} --dataset zsre")
+
+
+def with_training_seed(config, seed: int):
+    """``--seed`` is the training seed (``train.seed``: initialisation and batch order) unless the
+    settings name another one, which is a contradiction worth a line rather than a silent pick."""
+    from dataclasses import replace
+
+    if seed == 0 or config.train.seed == seed:
+        return config
+    if config.train.seed != 0:
+        raise UserError(f"--seed {seed} and train.seed={config.train.seed} disagree; give one of them")
+    return replace(config, train=replace(config.train, seed=seed))
 
 
 @app.command()

@@ -6,7 +6,8 @@ The JSON says which editor and which model the weights were trained for (the mod
 fingerprint, so an editor trained on one model is never silently used with another), the full
 config it was trained with, and how the training went. ``robustedit train NAME`` writes it;
 the editor loads it from ``checkpoint=PATH`` or, by default, from the cache folder the trainer
-writes to when no ``--out`` is given.
+writes to when no ``--out`` is given: one per model and training seed (``train.seed``), so the
+networks of several seeds sit side by side and ``--set train.seed=S`` picks one.
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ from robustedit.paths import cache_root
 WEIGHTS, META = "editor.safetensors", "editor.json"
 
 
-def default_dir(editor: str, lm) -> Path:
-    """Where ``robustedit train EDITOR`` puts the trained editor of ``lm`` unless told otherwise."""
+def default_dir(editor: str, lm, seed: int = 0) -> Path:
+    """Where ``robustedit train EDITOR`` puts the trained editor of ``lm`` (trained with ``seed``)
+    unless told otherwise. Seed 0 keeps the folder name it had before seeds were named."""
     key = hashlib.sha256(lm.fingerprint.encode()).hexdigest()[:12]  # the weights, in a path-safe form
-    return cache_root() / "trained" / editor / f"{Path(lm.name).name}-{key}"
+    return cache_root() / "trained" / editor / (f"{Path(lm.name).name}-{key}" + (f"-seed{seed}" if seed else ""))
+
+
+def training_seed(config: Any) -> int:
+    return getattr(getattr(config, "train", None), "seed", 0)
 
 
 def save_trained(folder: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -41,12 +47,14 @@ def save_trained(folder: Path, state: dict[str, torch.Tensor], meta: dict[str, A
 def load_trained(folder: str | Path | None, editor: str, lm, config: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The weights and metadata of ``editor`` trained for ``lm``; one-line errors otherwise.
 
-    With ``config`` (the editor's settings), its SSS settings must be those the network was trained
-    with: they act in training only, so an edit made under others would be recorded with settings
-    that did not make it."""
+    With ``config`` (the editor's settings), its SSS settings and training seed must be those the
+    network was trained with: they act in training only, so an edit made under others would be
+    recorded with settings that did not make it."""
     base = editor.split("+", 1)[0]
-    path = Path(folder) if folder else default_dir(editor, lm)
-    train_cmd = f"robustedit train {editor}" + ("" if lm.name == "smollm2" else f" --model {lm.name}")
+    seed = training_seed(config)
+    path = Path(folder) if folder else default_dir(editor, lm, seed)
+    train_cmd = (f"robustedit train {editor}" + ("" if lm.name == "smollm2" else f" --model {lm.name}")
+                 + (f" --seed {seed}" if seed else ""))
     if not (path / WEIGHTS).is_file() or not (path / META).is_file():
         where = f"in {path}" if folder else f"for {lm.name} (looked in {path})"
         raise UserError(f"no trained {editor} editor {where}; train it first with `{train_cmd}`"
@@ -65,6 +73,10 @@ def load_trained(folder: str | Path | None, editor: str, lm, config: Any = None)
                            for k, v in asdict(wanted).items() if trained.get(k) != v)
         raise UserError(f"{path} was trained with other SSS settings: {differ}; SSS acts in training only, so "
                         f"train one with them (`{train_cmd} --set ...`) and pass --set checkpoint=DIR")
+    trained_seed = meta.get("config", {}).get("train", {}).get("seed", 0)
+    if config is not None and trained_seed != seed:
+        raise UserError(f"{path} was trained with train.seed={trained_seed}, not {seed}; pass --set "
+                        f"train.seed={trained_seed} with it, or train one with `{train_cmd}`")
     return load_file(str(path / WEIGHTS), device=str(lm.device)), meta
 
 

@@ -27,6 +27,14 @@ the same cases (``experiments/tables.py``). MEND and SERAC are trained on zsRE
 (``robustedit train ...``), so their CounterFact columns are out of domain, as in the paper. A
 trained editor that is missing is a one-line error naming its train command, before anything runs.
 
+**Training seeds.** A trained row is one network, trained with seed 0. Rows ``mend@seed1``,
+``mend+sss@seed2``, ... (``SEED_ROWS``) evaluate the networks trained with other seeds
+(``robustedit train NAME --seed S``), each ``+sss`` row paired with its base of the same seed.
+Once a set has a ``+sss`` row and its base under two or more seeds in this ``--out`` (run in any
+invocation), its table ends with the difference across seeds: each seed's paired mean, their
+mean, and the 95% interval over cases of the per-case difference averaged over the seeds (the
+spread between seeds is the per-seed column; three seeds cannot give it an interval of its own).
+
 **sss-c-sweep.** FT-L + SSS with C ∈ ``C_VALUES`` (C = 0 is plain FT-L) on zsRE (``zsre-knowedit``), the same three
 metrics against C, as the paper's Figure 3. Trained editors would need one training per C; they
 are not swept here (train them with ``--set sss.coefficient=C --out DIR`` and evaluate each).
@@ -40,6 +48,7 @@ from pathlib import Path
 
 from robustedit.data import load_cases
 from robustedit.errors import UserError
+from robustedit.eval.intervals import bootstrap_mean, per_case
 from robustedit.eval.runner import read_records
 from robustedit.experiments import Experiment, Options, evaluate_variant, register, tables
 from robustedit.output import atomic_write, write_json
@@ -50,6 +59,8 @@ ROWS = ("ft-l", "ft-l+sss", "mend", "mend+sss", "serac", "serac+sss")
 VARIANTS = {"-reference": "sss.form=reference", "-paper": "sss.form=paper", "-detached": "sss.detach=true"}
 EXTRA_ROWS = ("ft-l+sss-reference", "ft-l+sss-paper", "ft-l+sss-detached", "ft-l+sss-reference-detached")
 TRAINED = ("mend", "mend+sss", "serac", "serac+sss")
+SEEDS = (1, 2)  # training seeds besides 0 (the plain rows): three in all, as the issue asks
+SEED_ROWS = tuple(f"{row}@seed{seed}" for seed in SEEDS for row in TRAINED)
 DATASETS = ("zsre-knowedit", "zsre-nq", "counterfact")
 FTL_CASES = 200
 C_VALUES = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -59,7 +70,8 @@ COLUMNS = (("Reliability", "efficacy_acc"), ("Generality", "paraphrase_acc"), ("
 
 def row_editor(row: str, sets: list[str]) -> tuple[str, list[str]]:
     """The registered editor of a table row and its ``--set`` overrides (variant suffixes first)."""
-    name, extra = row, []
+    name, _, seed = row.partition("@seed")
+    extra = [f"train.seed={seed}"] if seed else []
     for suffix, setting in VARIANTS.items():
         if suffix in name:
             name = name.replace(suffix, "")
@@ -68,8 +80,59 @@ def row_editor(row: str, sets: list[str]) -> tuple[str, list[str]]:
 
 
 def base_row(row: str) -> str | None:
-    """The row a ``+sss`` row is compared with (its editor without SSS), or None."""
-    return row.split("+", 1)[0] if "+sss" in row else None
+    """The row a ``+sss`` row is compared with (its editor without SSS, same training seed), or None."""
+    name, at, seed = row.partition("@")
+    return name.split("+", 1)[0] + at + seed if "+sss" in name else None
+
+
+def row_seed(row: str) -> tuple[str, int]:
+    """``("mend+sss", 2)`` for ``mend+sss@seed2``; a row without a suffix is seed 0."""
+    name, _, seed = row.partition("@seed")
+    return name, int(seed or 0)
+
+
+def across_seeds(records: dict[str, list[dict]], metrics: list[str]) -> dict[str, dict]:
+    """Per ``+sss`` trained editor with its base under two or more seeds in ``records``: each
+    seed's paired mean difference, their mean, and the interval over cases of the per-case
+    difference averaged over those seeds (on the cases every seed scored)."""
+    out: dict[str, dict] = {}
+    for editor in (r for r in TRAINED if "+sss" in r):
+        base = base_row(editor)
+        seeds = [s for s in (0, *SEEDS) if all(r + (f"@seed{s}" if s else "") in records for r in (editor, base))]
+        if len(seeds) < 2:
+            continue
+        entry: dict = {"compared_with": base, "seeds": seeds, "per_seed": {}, "mean": {}}
+        for metric in metrics:
+            per_seed = []
+            for s in seeds:
+                suffix = f"@seed{s}" if s else ""
+                a, b = per_case(records[editor + suffix], metric), per_case(records[base + suffix], metric)
+                per_seed.append({c: a[c] - b[c] for c in a.keys() & b.keys()})
+            common = set.intersection(*(set(d) for d in per_seed))
+            averaged = bootstrap_mean([sum(d[c] for d in per_seed) / len(seeds) for c in sorted(common)])
+            if averaged is None:
+                continue
+            entry["per_seed"][metric] = [sum(d.values()) / len(d) for d in per_seed]
+            entry["mean"][metric] = averaged.as_dict()
+        out[editor] = entry
+    return out
+
+
+def seed_lines(summary: dict[str, dict], columns: list[tuple[str, str]]) -> list[str]:
+    """Markdown lines of the across-seeds table (empty without two seeds of a pair)."""
+    if not summary:
+        return []
+    lines = ["", "Across training seeds: the paired difference averaged over the seeds, in points "
+             "[95% bootstrap interval over cases of the seed-averaged difference] (each seed's mean difference):", "",
+             "| editor − base | seeds | cases | " + " | ".join(c for c, _ in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
+    for editor, e in summary.items():
+        n = max((m["n"] for m in e["mean"].values()), default=0)
+        cells = [f"{tables.cell(e['mean'].get(k), signed=True)} ("
+                 + " / ".join(f"{100 * v:+.1f}" for v in e["per_seed"].get(k, [])) + ")" for _, k in columns]
+        lines.append(f"| {editor} − {e['compared_with']} | {', '.join(map(str, e['seeds']))} | {n} | "
+                     + " | ".join(cells) + " |")
+    return lines
 
 
 def table_cases(dataset: str) -> list:
@@ -101,13 +164,16 @@ def _check_trained(lm, rows: list[str], sets: list[str]) -> None:
     """Every trained row must find its trained editor before hours of FT-L start."""
     from robustedit.editors.settings import get_editor
 
-    for row in (r for r in rows if r in TRAINED):
-        get_editor(row, lm, sets=[s for s in sets if s.startswith(("checkpoint=", "threshold="))])
+    for row in rows:
+        name, row_sets = row_editor(row, [s for s in sets if s.startswith(("checkpoint=", "threshold="))])
+        if name in TRAINED:
+            get_editor(name, lm, sets=row_sets)
 
 
-def table_markdown(results: dict, stats: dict, model: str) -> str:
+def table_markdown(results: dict, stats: dict, model: str, seeds: dict | None = None) -> str:
     """One table per dataset: each cell mean [95% interval] with the row's case count, then the
-    paired differences of the ``+sss`` rows from their base editors."""
+    paired differences of the ``+sss`` rows from their base editors, then (``seeds``) the
+    differences across training seeds."""
     lines = [f"# SSS table on {model}", "",
              "Token accuracy in % (SSS paper Table 1, EasyEdit's scoring), mean over cases [95% bootstrap interval]; "
              "each edit alone on the unedited model. Locality on zsre-knowedit: another fact of the same subject "
@@ -127,6 +193,7 @@ def table_markdown(results: dict, stats: dict, model: str) -> str:
             lines.append(f"| {row} | {summary['n_cases']} | " + " | ".join(tables.cell(iv.get(k)) for _, k in columns)
                          + f" | {'–' if t is None else f'{t:.2f}'} |")
         lines += tables.difference_lines(stats[d], columns)
+        lines += seed_lines((seeds or {}).get(d, {}), columns)
     return "\n".join(lines) + "\n"
 
 
@@ -149,7 +216,7 @@ def plot_table(results: dict, sizes: dict[str, int], path: Path) -> Path:
 class SSSTable(Experiment):
     name = "sss-table"
     help = "the SSS paper's Table 1: FT-L, MEND, SERAC with and without SSS on zsRE and CounterFact"
-    variants = (*ROWS, *EXTRA_ROWS)
+    variants = (*ROWS, *EXTRA_ROWS, *SEED_ROWS)
     default_variants = ROWS
     datasets = DATASETS
 
@@ -181,17 +248,28 @@ class SSSTable(Experiment):
                     records[d][base] = _records(out / base / d, every[d])
         metrics = [k for _, k in COLUMNS]
         stats = {d: tables.row_statistics(records[d], metrics, base_row) for d in sets_run}
+        seeds = {d: across_seeds(self._trained_rows(out, d, every[d], records[d]), metrics) for d in sets_run}
         sizes = {d: max(len(cases_of(r, d)) for r in rows) for d in sets_run}
         stem = f"sss_table-{dataset}" if dataset else "sss_table"  # one set's table beside the others'
         write_json(out / f"{stem}.json",
                    {"model": lm.name, "command": options.command,
                     "rows": {r: {d: {"n_cases": s["n_cases"], "metrics": s["metrics"], "timing": s["timing"],
                                      "config": s.get("config"), **stats[d][r]} for d, s in per.items()}
-                             for r, per in results.items()}})
-        atomic_write(out / f"{stem}.md", table_markdown(results, stats, lm.name))
+                             for r, per in results.items()},
+                    "across_seeds": {d: v for d, v in seeds.items() if v}})
+        atomic_write(out / f"{stem}.md", table_markdown(results, stats, lm.name, seeds))
         plot_table(results, sizes, out / f"{stem}.png")
         log.info("wrote %s/%s.{json,md,png}", out, stem)
         return results
+
+    @staticmethod
+    def _trained_rows(out: Path, dataset: str, cases, ran: dict[str, list[dict]]) -> dict[str, list[dict]]:
+        """The trained rows of ``dataset`` this run made, and those an earlier run finished in ``out``."""
+        rows = {r: ran[r] for r in (*TRAINED, *SEED_ROWS) if r in ran}
+        for r in (*TRAINED, *SEED_ROWS):
+            if r not in rows and (out / r / dataset / "summary.json").exists():
+                rows[r] = _records(out / r / dataset, cases)
+        return rows
 
 
 def sweep_markdown(result: dict) -> str:

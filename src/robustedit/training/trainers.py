@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from robustedit.editors import EDITORS
-from robustedit.editors.trained import default_dir
+from robustedit.editors.trained import default_dir, training_seed
 from robustedit.errors import UserError
 from robustedit.training.loop import TrainTask, run_training
 
@@ -36,9 +36,10 @@ def task_class(name: str) -> type[TrainTask]:
 
 def train_editor(name: str, lm, config, out: Path | None = None, resume: bool = False) -> tuple[Path, dict[str, Any]]:
     """Train editor ``name`` for ``lm``; the trained editor goes to ``out`` (default: the folder
-    the editor loads from when no ``checkpoint`` is set). Returns the folder and its metadata."""
+    the editor loads from when no ``checkpoint`` is set, one per training seed). Returns the folder
+    and its metadata."""
     make = task_class(name)
-    out = out or default_dir(name, lm)
+    out = out or default_dir(name, lm, training_seed(config))
     task = make(lm, config, name)
     meta = {"editor": name, "model": lm.name, "fingerprint": lm.fingerprint, "config": asdict(config),
             "command": "robustedit " + shlex.join(sys.argv[1:])}
