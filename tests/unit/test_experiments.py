@@ -37,6 +37,17 @@ def test_a_variant_cut_short_continues_and_a_finished_one_is_read_back(tiny_lm_f
     assert again == json.loads(json.dumps(summary))  # read back from summary.json, nothing evaluated
 
 
+def test_a_variant_finished_on_fewer_cases_is_extended_not_redone(tiny_lm_factory, tmp_path):
+    """A row run with --limit, asked again for more cases, keeps what it has and adds the rest."""
+    lm = tiny_lm_factory("llama")
+    cases, folder = load_cases("counterfact", limit=3), tmp_path / "rome"
+    evaluate_variant(lm, "rome", SETS, "counterfact", cases[:1], folder, Options())
+    first = _lines(folder)[0]
+    more = evaluate_variant(lm, "rome", SETS, "counterfact", cases, folder, Options(),
+                            accept=lambda summary: summary["n_cases"] == 3)
+    assert more["n_cases"] == 3 and _lines(folder)[0] == first and len(_lines(folder)) == 3
+
+
 def test_a_cut_short_variant_with_other_settings_starts_over(tiny_lm_factory, tmp_path):
     lm = tiny_lm_factory("llama")
     cases, folder = load_cases("counterfact", limit=2), tmp_path / "rome"

@@ -115,8 +115,9 @@ def made_with(folder: Path, info) -> bool:
 def evaluate_variant(lm, editor: str, sets: list[str], dataset: str, cases, folder: Path, options: Options,
                      accept: Callable[[dict], bool] = lambda summary: True) -> dict:
     """Evaluate ``editor`` (with ``sets``) case by case into ``folder``, unless it finished there
-    already with the same settings; a run cut short with the same settings continues where it
-    stopped; anything made otherwise (e.g. before a shipped default changed) starts over."""
+    already with the same settings (and ``accept`` takes its summary); a run with the same
+    settings that was cut short, or made on fewer cases (``--limit``), continues with the cases it
+    lacks; anything made otherwise (e.g. before a shipped default changed) starts over."""
     from robustedit.editors.settings import get_editor
     from robustedit.eval.runner import RunInfo, run_evaluation
 
@@ -127,7 +128,7 @@ def evaluate_variant(lm, editor: str, sets: list[str], dataset: str, cases, fold
     if same and (done := finished(folder, leftovers=(), accept=accept)) is not None:
         return done
     records = folder / "records.jsonl"
-    resume = same and records.exists() and not (folder / "summary.json").exists()
+    resume = same and records.exists()
     if not resume:
         records.unlink(missing_ok=True)
         (folder / "summary.json").unlink(missing_ok=True)
