@@ -111,3 +111,37 @@ def test_a_sequential_run_keeps_every_edit_in_memory_and_ends_with_none(trained,
     summary = run_sequential(editor, cases[:3], cases[3:], tmp_path, run, SequentialPlan(3, 1))  # save_edits on
     assert summary["n_cases"] == 3 and not (tmp_path / "edits").exists()
     assert EditMemory.installed(lm.model) == []
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+def test_the_encoder_stops_at_its_layer_and_gives_that_layers_states(tokenizer, arch):
+    from robustedit.editors.serac import BaseEncoder
+
+    lm = tiny_model(arch, tokenizer)
+    texts = ["What colour is Lima?", "Oslo"]
+    batch = lm.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        every = lm.base(**batch, output_hidden_states=True).hidden_states
+    m = batch["attention_mask"][..., None].float()
+    for layer in (0, 1, lm.n_layers):
+        expected = (every[layer].float() * m).sum(1) / m.sum(1)
+        torch.testing.assert_close(BaseEncoder(lm, layer)(texts), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_rerouting_a_padded_batch_equals_rerouting_each_row_alone(trained):
+    """Every in-scope row's counterfactual logits come from one padded forward; each must equal
+    the counterfactual model run on that row alone after its edit's context."""
+    lm, out, _ = trained
+    system = get_editor("serac", lm, **{"checkpoint": str(out), "threshold": 1e-6}).system  # every row in scope
+    memory = [EditRequest("What colour is {}?", "Lima", "gold"), EditRequest("What colour is {}?", "Oslo", "red")]
+    texts = ["What colour is Lima? gold", "Which colour does Oslo have?", "nq question: who wrote book number 3 ok"]
+    batch = lm.tokenizer(texts, padding=True, return_tensors="pt")  # right padding: rows of three lengths
+    with torch.no_grad():
+        base = lm.model(**batch).logits
+        rerouted = system.reroute(batch["input_ids"], batch["attention_mask"], base, memory)
+        best, _ = system.scope(texts, memory)
+        for i, j in enumerate(best.tolist()):
+            real = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
+            ctx = system.context_ids(memory[j])
+            alone = system.cf.model(input_ids=torch.tensor([ctx + real])).logits[0, -len(real):]
+            torch.testing.assert_close(rerouted[i, :len(real)], alone, rtol=1e-4, atol=1e-4)

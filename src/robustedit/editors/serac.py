@@ -91,7 +91,9 @@ class SERACSSSConfig(SERACConfig):
 
 
 class BaseEncoder:
-    """Mean of a frozen model's hidden states over each text's tokens."""
+    """Mean of a frozen model's hidden states (``hidden_states[layer]``: the input of decoder layer
+    ``layer``) over each text's tokens. The forward stops at that layer: the layers above it would
+    be computed for nothing (half the model at the default middle layer)."""
 
     def __init__(self, lm: LanguageModel, layer: int) -> None:
         self.lm, self.layer = lm, layer
@@ -100,12 +102,15 @@ class BaseEncoder:
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> torch.Tensor:
         tok = self.lm.tokenizer
+        from robustedit.models.hooks import run_until
         from robustedit.models.text import pad, pad_id
 
         batch = pad([tok(t)["input_ids"] for t in texts], pad_id(tok), self.lm.device)
-        out = self.lm.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           output_hidden_states=True, use_cache=False)
-        h = out.hidden_states[self.layer].float()
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
+        if self.layer < self.lm.n_layers:
+            h = run_until(self.lm.base, self.lm.layer(self.layer), **inputs).float()
+        else:  # the last entry is the final norm's output, not a layer's input
+            h = self.lm.base(**inputs, output_hidden_states=True).hidden_states[self.layer].float()
         m = batch.attention_mask[..., None].float()
         return (h * m).sum(1) / m.sum(1)
 
@@ -205,17 +210,31 @@ class SERACSystem(nn.Module):
         texts = [tok.decode(r, skip_special_tokens=True) for r in rows]
         best, prob = self.scope(texts, memory)
         logits = logits.clone()
-        for i, (j, p) in enumerate(zip(best.tolist(), prob.tolist())):
-            if p < self.cfg.threshold:
-                continue
+        in_scope = [(i, j) for i, (j, p) in enumerate(zip(best.tolist(), prob.tolist())) if p >= self.cfg.threshold]
+        if not in_scope:
+            return logits
+        sequences, spans = [], []
+        for i, j in in_scope:
             ctx = self.context_ids(memory[j])
             real = rows[i].tolist()
             if tok.bos_token_id is not None and ctx[:1] == [tok.bos_token_id] and real[:1] == [tok.bos_token_id]:
                 real = real[1:]  # one BOS, at the very start
-            ids = torch.tensor([ctx + real], device=input_ids.device)
-            cf_logits = self.cf.model(input_ids=ids, use_cache=False).logits[0, -len(real):]
-            positions = attention_mask[i].bool().nonzero()[:, 0][-len(real):]
-            logits[i, positions] = cf_logits.to(logits.dtype)
+            sequences.append(ctx + real)
+            spans.append((len(ctx), len(real)))
+        # one forward for every rerouted row, padded on the right (causal: the padding after a
+        # row's tokens does not change them), the head applied at the rows' own tokens only
+        from robustedit.models.forward import hidden_states, logits_at
+        from robustedit.models.text import pad, pad_id
+
+        batch = pad(sequences, pad_id(tok), input_ids.device)
+        rows_at = torch.cat([torch.full((n,), r) for r, (_, n) in enumerate(spans)]).to(input_ids.device)
+        cols_at = torch.cat([torch.arange(start, start + n) for start, n in spans]).to(input_ids.device)
+        cf_logits = logits_at(self.cf, hidden_states(self.cf, batch), rows_at, cols_at).to(logits.dtype)
+        offset = 0
+        for (i, _), (_, n) in zip(in_scope, spans):
+            positions = attention_mask[i].bool().nonzero()[:, 0][-n:]
+            logits[i, positions] = cf_logits[offset:offset + n]
+            offset += n
         return logits
 
 
