@@ -46,20 +46,20 @@ def test_the_natural_questions_set_is_the_tail_that_training_holds_out():
 
 
 def test_seed_rows_load_their_seed_and_pair_with_the_base_of_the_same_seed():
-    from robustedit.experiments.sss_table import SEED_ROWS, row_seed
+    from robustedit.experiments.sss_table import SEED_ROWS, seed_row
 
     assert row_editor("mend+sss@seed2", ["sss.coefficient=0.5"]) == ("mend+sss", ["train.seed=2", "sss.coefficient=0.5"])
     assert row_editor("serac@seed1", ["sss.coefficient=0.5"]) == ("serac", ["train.seed=1"])
     assert [base_row(r) for r in ("mend+sss@seed2", "serac+sss@seed1", "mend@seed1")] == ["mend@seed2", "serac@seed1", None]
-    assert row_seed("mend+sss@seed2") == ("mend+sss", 2) and row_seed("mend") == ("mend", 0)
-    assert {row_seed(r)[1] for r in SEED_ROWS} == {1, 2}
+    assert seed_row("mend+sss", 2) == "mend+sss@seed2" and seed_row("mend", 0) == "mend"
+    assert set(SEED_ROWS) == {seed_row(r, s) for r in ("mend", "mend+sss", "serac", "serac+sss") for s in (1, 2)}
 
 
 def test_the_difference_across_seeds_averages_each_seeds_paired_difference():
     from robustedit.experiments.sss_table import across_seeds
 
     records = {"mend": _records([1, 1, 0, 0]), "mend+sss": _records([1, 1, 1, 0]),  # seed 0: +0.25
-               "mend@seed1": _records([1, 0, 0, 0]), "mend+sss@seed1": _records([1, 1, 1, 1]),  # seed 1: +0.75
+               "mend@seed1": _records([1, 0, 0, 0, 1]), "mend+sss@seed1": _records([1, 1, 1, 1, 0]),  # seed 1: +0.75
                "serac": _records([1, 1, 1, 1]), "serac+sss": _records([0, 0, 0, 0])}  # one seed: not summarised
     summary = across_seeds(records, ["efficacy_acc", "locality_acc"])
     assert list(summary) == ["mend+sss"] and summary["mend+sss"]["seeds"] == [0, 1]

@@ -60,7 +60,7 @@ VARIANTS = {"-reference": "sss.form=reference", "-paper": "sss.form=paper", "-de
 EXTRA_ROWS = ("ft-l+sss-reference", "ft-l+sss-paper", "ft-l+sss-detached", "ft-l+sss-reference-detached")
 TRAINED = ("mend", "mend+sss", "serac", "serac+sss")
 SEEDS = (1, 2)  # training seeds besides 0 (the plain rows): three in all, as the issue asks
-SEED_ROWS = tuple(f"{row}@seed{seed}" for seed in SEEDS for row in TRAINED)
+SEED_ROWS = tuple(f"{row}@seed{seed}" for seed in SEEDS for row in TRAINED)  # see seed_row
 DATASETS = ("zsre-knowedit", "zsre-nq", "counterfact")
 FTL_CASES = 200
 C_VALUES = (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -85,10 +85,9 @@ def base_row(row: str) -> str | None:
     return name.split("+", 1)[0] + at + seed if "+sss" in name else None
 
 
-def row_seed(row: str) -> tuple[str, int]:
-    """``("mend+sss", 2)`` for ``mend+sss@seed2``; a row without a suffix is seed 0."""
-    name, _, seed = row.partition("@seed")
-    return name, int(seed or 0)
+def seed_row(row: str, seed: int) -> str:
+    """The row of ``row``'s editor trained with ``seed`` (seed 0: the row itself)."""
+    return f"{row}@seed{seed}" if seed else row
 
 
 def across_seeds(records: dict[str, list[dict]], metrics: list[str]) -> dict[str, dict]:
@@ -98,21 +97,20 @@ def across_seeds(records: dict[str, list[dict]], metrics: list[str]) -> dict[str
     out: dict[str, dict] = {}
     for editor in (r for r in TRAINED if "+sss" in r):
         base = base_row(editor)
-        seeds = [s for s in (0, *SEEDS) if all(r + (f"@seed{s}" if s else "") in records for r in (editor, base))]
+        seeds = [s for s in (0, *SEEDS) if seed_row(editor, s) in records and seed_row(base, s) in records]
         if len(seeds) < 2:
             continue
         entry: dict = {"compared_with": base, "seeds": seeds, "per_seed": {}, "mean": {}}
         for metric in metrics:
             per_seed = []
             for s in seeds:
-                suffix = f"@seed{s}" if s else ""
-                a, b = per_case(records[editor + suffix], metric), per_case(records[base + suffix], metric)
+                a, b = (per_case(records[seed_row(r, s)], metric) for r in (editor, base))
                 per_seed.append({c: a[c] - b[c] for c in a.keys() & b.keys()})
-            common = set.intersection(*(set(d) for d in per_seed))
-            averaged = bootstrap_mean([sum(d[c] for d in per_seed) / len(seeds) for c in sorted(common)])
+            common = sorted(set.intersection(*(set(d) for d in per_seed)))
+            averaged = bootstrap_mean([sum(d[c] for d in per_seed) / len(seeds) for c in common])
             if averaged is None:
                 continue
-            entry["per_seed"][metric] = [sum(d.values()) / len(d) for d in per_seed]
+            entry["per_seed"][metric] = [sum(d[c] for c in common) / len(common) for d in per_seed]
             entry["mean"][metric] = averaged.as_dict()
         out[editor] = entry
     return out
