@@ -7,11 +7,14 @@ edit (``timing.eval_s`` of the records: scoring before and after) over the first
 (e.g. the SSS table's SERAC row) on the same cases.
 
     python benchmarks/serac_eval_time.py --n 20 --records runs/sss-table-smollm2/serac/zsre-knowedit/records.jsonl
+    python benchmarks/serac_eval_time.py --n 12 --profile   # where a case's time goes (cProfile, cumulative)
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 from pathlib import Path
 
@@ -30,13 +33,19 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--records", help="an earlier run's records.jsonl to compare the token accuracies with")
+    parser.add_argument("--profile", action="store_true", help="print the cProfile functions by cumulative time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model("smollm2")
     evaluator = LocalEvaluator(get_editor(args.editor, lm))
     evaluator.prepare()
     cases = load_cases(args.dataset)[: args.n]
+    profiler = cProfile.Profile()
+    profiler.enable() if args.profile else None
     records = list(evaluator.records(cases))
+    profiler.disable()
+    if args.profile:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"serac\.py|scoring\.py|memory\.py", 15)
     times = [r["timing"]["eval_s"] for r in records[1:]]  # the first case warms up
     print(f"{args.editor} on {args.dataset}: evaluation per case (median of {len(times)}): {statistics.median(times):.3f} s")
     if args.records:
