@@ -41,10 +41,11 @@ def main() -> None:
     evaluator.prepare()
     cases = load_cases(args.dataset)[: args.n]
     profiler = cProfile.Profile()
-    profiler.enable() if args.profile else None
-    records = list(evaluator.records(cases))
-    profiler.disable()
     if args.profile:
+        profiler.enable()
+    records = list(evaluator.records(cases))
+    if args.profile:
+        profiler.disable()
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"serac\.py|scoring\.py|memory\.py", 15)
     times = [r["timing"]["eval_s"] for r in records[1:]]  # the first case warms up
     print(f"{args.editor} on {args.dataset}: evaluation per case (median of {len(times)}): {statistics.median(times):.3f} s")
